@@ -1,0 +1,225 @@
+use super::*;
+use std::path::Path;
+
+fn p() -> &'static Path {
+    Path::new("/etc/llamactl/config.toml")
+}
+
+#[test]
+fn empty_file_is_defaults() {
+    let c = parse("", p()).unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.server.host, "127.0.0.1");
+    assert_eq!(c.server.port, 8080);
+    assert_eq!(c.monitoring.prometheus.path, "/metrics");
+}
+
+#[test]
+fn shipped_default_config_parses_to_the_defaults() {
+    // etc/llamactl/config.toml documents every key with its default value: if a default changes in
+    // code, this test makes the file change with it.
+    let text = include_str!("../../etc/llamactl/config.toml");
+    let c = parse(text, p()).unwrap();
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn shipped_config_documents_every_key() {
+    let text = include_str!("../../etc/llamactl/config.toml");
+    let uncommented: String = text
+        .lines()
+        .map(|l| l.trim_start().trim_start_matches('#').trim_start())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let full = toml::to_string(&Config::default()).unwrap();
+    let mut section = String::new();
+    for line in full.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            section = line.to_string();
+            // A table-valued key (e.g. `headers = {}`) may be documented inline.
+            let last = section
+                .trim_matches(['[', ']'])
+                .rsplit('.')
+                .next()
+                .unwrap_or("");
+            assert!(
+                uncommented.contains(&section) || uncommented.contains(&format!("\n{last} =")),
+                "section {section} undocumented"
+            );
+        } else if let Some((key, _)) = line.split_once('=') {
+            let key = key.trim();
+            assert!(
+                uncommented.contains(&format!("\n{key} =")),
+                "key {key} of {section} is not documented in etc/llamactl/config.toml"
+            );
+        }
+    }
+    for key in ["state_dir", "address", "destinations"] {
+        assert!(uncommented.contains(key), "{key} undocumented");
+    }
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let text = "[server]\nport = 9000\nprot = 1\n";
+    let e = parse(text, p()).unwrap_err().to_string();
+    assert!(e.starts_with("/etc/llamactl/config.toml: line 3"), "{e}");
+    assert!(e.contains("prot"), "{e}");
+    assert!(e.contains("unknown field"), "{e}");
+}
+
+#[test]
+fn unknown_section_is_rejected() {
+    let e = parse("[sever]\nport = 1\n", p()).unwrap_err().to_string();
+    assert!(e.contains("line 1") && e.contains("sever"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_line_and_key() {
+    let text = "[monitoring]\nenabled = true\n[monitoring.prometheus]\nenabled = \"yes\"\n";
+    let e = parse(text, p()).unwrap_err().to_string();
+    assert!(e.contains("line 4"), "{e}");
+    assert!(e.contains("key `monitoring.prometheus.enabled`"), "{e}");
+    assert!(e.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn syntax_error_names_line() {
+    let e = parse("[server\nport = 1\n", p()).unwrap_err().to_string();
+    assert!(e.contains("line 1"), "{e}");
+}
+
+#[test]
+fn durations_and_enums() {
+    let text = "[systemd]\nbus = \"user\"\nready_timeout = \"1500ms\"\n[logging]\nlevel = \"debug\"\noutput = \"json\"\n";
+    let c = parse(text, p()).unwrap();
+    assert_eq!(c.systemd.bus, BusKind::User);
+    assert_eq!(c.systemd.ready_timeout.get().as_millis(), 1500);
+    assert_eq!(c.logging.level, LogLevel::Debug);
+    assert_eq!(c.logging.output, LogOutput::Json);
+    let e = parse("[systemd]\nbus = \"session\"\n", p())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown variant") && e.contains("systemd.bus"),
+        "{e}"
+    );
+}
+
+#[test]
+fn file_destination_and_unsupported_ones() {
+    let ok = "[[logging.destinations]]\ntype = \"file\"\npath = \"/var/log/llamactl/app.log\"\n";
+    let c = parse(ok, p()).unwrap();
+    assert_eq!(c.logging.destinations.len(), 1);
+    let bad = "[[logging.destinations]]\ntype = \"elasticsearch\"\nurl = \"http://es:9200\"\n";
+    let e = parse(bad, p()).unwrap_err().to_string();
+    assert!(e.contains("elasticsearch"), "{e}");
+}
+
+fn load_text(text: &str) -> Result<Loaded, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("llamactl-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join(format!(
+        "{:x}.toml",
+        text.len() * 31 + text.bytes().map(u64::from).sum::<u64>() as usize
+    ));
+    std::fs::write(&f, text).unwrap();
+    let r = load(&f, true);
+    let _ = std::fs::remove_file(&f);
+    r
+}
+
+#[test]
+fn validation_errors_name_the_key() {
+    for (text, key) in [
+        ("[server]\nhost = \"not an ip\"\n", "server.host"),
+        ("[server]\nport = 0\n", "server.port"),
+        ("[server]\nstate_dir = \"relative\"\n", "server.state_dir"),
+        (
+            "[monitoring.prometheus]\npath = \"metrics\"\n",
+            "monitoring.prometheus.path",
+        ),
+        (
+            "[monitoring.prometheus]\npath = \"/api/health\"\n",
+            "monitoring.prometheus.path",
+        ),
+        ("[systemd]\nslice = \"../x\"\n", "systemd.slice"),
+        (
+            "[systemd]\ncheck_interval = \"0s\"\n",
+            "systemd.check_interval",
+        ),
+        (
+            "[telemetry]\nsampling_rate = 2.0\n",
+            "telemetry.sampling_rate",
+        ),
+        ("[audit]\nevents = [\"instance.explode\"]\n", "audit.events"),
+    ] {
+        let e = load_text(text).unwrap_err().to_string();
+        assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+    }
+}
+
+#[test]
+fn unimplemented_features_warn() {
+    let l = load_text("[telemetry]\nenabled = true\n").unwrap();
+    assert_eq!(l.warnings.len(), 1);
+    assert!(l.warnings[0].contains("telemetry.enabled"));
+}
+
+#[test]
+fn missing_default_file_means_defaults_but_explicit_must_exist() {
+    let nowhere = Path::new("/nonexistent/llamactl/config.toml");
+    let l = load(nowhere, false).unwrap();
+    assert!(l.path.is_none());
+    assert_eq!(l.config, Config::default());
+    let e = load(nowhere, true).unwrap_err().to_string();
+    assert!(e.contains("cannot read config file /nonexistent"), "{e}");
+}
+
+#[test]
+fn path_resolution_order() {
+    let env = MapEnv::default().with("LLAMACTL_CONFIG", "/env.toml");
+    assert_eq!(
+        resolve_path(Some(Path::new("/flag.toml")), &env).0,
+        Path::new("/flag.toml")
+    );
+    assert_eq!(resolve_path(None, &env), (PathBuf::from("/env.toml"), true));
+    assert_eq!(
+        resolve_path(None, &MapEnv::default()),
+        (PathBuf::from(DEFAULT_PATH), false)
+    );
+}
+
+#[test]
+fn state_dir_from_systemd() {
+    let c = Config::default();
+    let env = MapEnv::default().with("STATE_DIRECTORY", "/var/lib/llamactl:/var/lib/other");
+    assert_eq!(c.state_dir(&env), Path::new("/var/lib/llamactl"));
+    assert_eq!(
+        c.state_dir(&MapEnv::default()),
+        Path::new(DEFAULT_STATE_DIR)
+    );
+}
+
+#[test]
+fn secrets_never_in_debug_or_serialized_config() {
+    let text = "[telemetry.otlp]\nendpoint = \"http://otel:4318\"\nheaders = { authorization = \"Bearer s3cr3t\" }\n";
+    let c = parse(text, p()).unwrap();
+    assert_eq!(
+        c.telemetry.otlp.headers["authorization"].expose(),
+        "Bearer s3cr3t"
+    );
+    assert!(!format!("{c:?}").contains("s3cr3t"));
+    assert!(!serde_json::to_string(&c).unwrap().contains("s3cr3t"));
+}
+
+#[test]
+fn local_url_uses_loopback_for_wildcards() {
+    let mut c = Config::default();
+    assert_eq!(c.local_url(), "http://127.0.0.1:8080");
+    c.server.host = "0.0.0.0".into();
+    assert_eq!(c.local_url(), "http://127.0.0.1:8080");
+    c.server.host = "::1".into();
+    assert_eq!(c.local_url(), "http://[::1]:8080");
+}

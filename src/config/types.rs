@@ -1,0 +1,316 @@
+//! The config file's shape. Section and key names follow the monitoring guide the product was
+//! specified from (its YAML, written as TOML); `[systemd]` is ours. Every struct denies unknown
+//! keys so a typo is an error at load time, not a silently ignored setting.
+
+use super::duration::HumanDuration;
+use super::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub monitoring: MonitoringConfig,
+    pub logging: LoggingConfig,
+    pub audit: AuditConfig,
+    pub telemetry: TelemetryConfig,
+    pub debug: DebugConfig,
+    pub profiling: ProfilingConfig,
+    pub systemd: SystemdConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Loopback by default: the API can start processes.
+    pub host: String,
+    pub port: u16,
+    /// Where instance definitions live. Empty = `$STATE_DIRECTORY` (set by systemd's
+    /// `StateDirectory=`) or `/var/lib/llamactl`.
+    pub state_dir: Option<PathBuf>,
+    /// Whole-request deadline for the API (not for proxied model requests).
+    pub request_timeout: HumanDuration,
+    /// Largest request body accepted; larger ones get 413 before they are read.
+    pub max_body_bytes: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            state_dir: None,
+            request_timeout: HumanDuration::secs(30),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringConfig {
+    pub enabled: bool,
+    pub prometheus: PrometheusConfig,
+    pub metrics: Vec<MetricGroup>,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prometheus: PrometheusConfig::default(),
+            metrics: vec![
+                MetricGroup::InstanceStats,
+                MetricGroup::ApiPerformance,
+                MetricGroup::SystemResources,
+            ],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricGroup {
+    InstanceStats,
+    ApiPerformance,
+    SystemResources,
+    Gpu,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    pub enabled: bool,
+    pub path: String,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/metrics".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    pub level: LogLevel,
+    pub output: LogOutput,
+    pub destinations: Vec<LogDestination>,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::Info,
+            output: LogOutput::Auto,
+            destinations: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// `auto` = the journal when stderr is connected to it (`JOURNAL_STREAM`), text otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogOutput {
+    Auto,
+    Journal,
+    Json,
+    Text,
+}
+
+/// Extra log destinations beside the main output. Only files: the journal already forwards to
+/// syslog, and shipping to Elasticsearch belongs to a log shipper reading the journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LogDestination {
+    File {
+        path: PathBuf,
+        #[serde(default = "default_file_format")]
+        format: FileFormat,
+    },
+}
+
+fn default_file_format() -> FileFormat {
+    FileFormat::Json
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Json,
+    Text,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    pub log_file: PathBuf,
+    pub events: Vec<String>,
+}
+
+/// Audit event names the daemon knows; `events` may only name these.
+pub const AUDIT_EVENTS: &[&str] = &[
+    "auth.login",
+    "auth.logout",
+    "instance.create",
+    "instance.delete",
+    "instance.start",
+    "instance.stop",
+    "config.update",
+    "config.reload",
+];
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            log_file: "/var/log/llamactl/audit.log".into(),
+            events: vec![
+                "instance.create".into(),
+                "instance.delete".into(),
+                "config.update".into(),
+            ],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub enabled: bool,
+    pub otlp: OtlpConfig,
+    pub sampling_rate: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            otlp: OtlpConfig::default(),
+            sampling_rate: 0.1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpConfig {
+    pub endpoint: String,
+    /// Sent with every export (e.g. an `authorization` header); never logged.
+    pub headers: BTreeMap<String, Secret>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    pub pprof_enabled: bool,
+    pub pprof_port: u16,
+}
+
+impl Default for DebugConfig {
+    fn default() -> Self {
+        Self {
+            pprof_enabled: false,
+            pprof_port: 6060,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfilingConfig {
+    pub enabled: bool,
+    pub pyroscope: PyroscopeConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PyroscopeConfig {
+    pub server_address: String,
+    pub application_name: String,
+    pub auth_token: Option<Secret>,
+}
+
+impl Default for PyroscopeConfig {
+    fn default() -> Self {
+        Self {
+            server_address: String::new(),
+            application_name: "llamactl".into(),
+            auth_token: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SystemdConfig {
+    /// `system` for the system manager (production), `user` for a per-user manager.
+    pub bus: BusKind,
+    /// A D-Bus address overriding the bus's standard one (e.g. `unix:path=/run/dbus/system_bus_socket`).
+    pub address: Option<String>,
+    /// The slice instances run in.
+    pub slice: String,
+    /// How long start-up waits for the manager before declaring READY anyway, degraded.
+    pub ready_timeout: HumanDuration,
+    /// How often the manager is asked for its state (this also detects a dropped bus).
+    pub check_interval: HumanDuration,
+    /// Ceiling of the reconnect backoff (it starts at 250 ms and doubles).
+    pub reconnect_max_backoff: HumanDuration,
+}
+
+impl Default for SystemdConfig {
+    fn default() -> Self {
+        Self {
+            bus: BusKind::System,
+            address: None,
+            slice: "llamactl.slice".into(),
+            ready_timeout: HumanDuration::secs(10),
+            check_interval: HumanDuration::secs(5),
+            reconnect_max_backoff: HumanDuration::secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    System,
+    User,
+}
+
+impl BusKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusKind::System => "system",
+            BusKind::User => "user",
+        }
+    }
+}

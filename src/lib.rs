@@ -1,0 +1,14 @@
+//! llamactl: run local LLM servers as systemd units and make them observable.
+//!
+//! The modules follow the data flow: `config` → `systemd` (the manager over D-Bus) → `host` facts
+//! (procfs, cgroups) → `metrics` / `http` (health, `/metrics`) → `daemon` (wires it together under
+//! systemd's notify protocol). `cli` is the `llamactl` client. The binaries in `src/bin/` are thin.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod host;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod systemd;
