@@ -1,0 +1,180 @@
+//! The Prometheus registry behind `/metrics`.
+//!
+//! One registry holds everything: llamactl's own metrics under the `llamactl_` prefix, and the
+//! standard unprefixed `process_*` metrics, so a single scrape job covers the daemon. Values that
+//! live in the kernel (process, host memory) are collectors read at scrape time rather than
+//! gauges updated by a timer: they are never stale and cost nothing between scrapes.
+
+use anyhow::Context;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::host::HostPaths;
+
+pub mod build;
+pub mod process;
+pub mod system;
+
+pub use self::process::ProcessCollector;
+pub use self::system::SystemCollector;
+
+/// Upper bounds for API latency, 0.5 ms to 10 s in a 1-2.5-5 progression. Local API calls are
+/// sub-millisecond; anything that touches systemd over D-Bus or proxies to a model server takes
+/// tens of milliseconds to seconds, and the request timeout sits around 10 s.
+const API_DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Exposition format of a scrape response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4, what every scraper understands.
+    #[default]
+    Prometheus,
+    /// OpenMetrics 1.0 text, only sent to clients that ask for it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// Picks the format from a request's `Accept` header. OpenMetrics is chosen only when the
+    /// client lists it (Prometheus does, with a higher q than text/plain); curl, browsers and
+    /// older scrapers get the classic text format.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Prometheus;
+        };
+        let wants_openmetrics = accept.split(',').any(|range| {
+            let mut params = range.split(';').map(str::trim);
+            let media_type = params.next().unwrap_or_default();
+            // `q=0` means "not acceptable" (RFC 9110 §12.4.2).
+            let refused = params.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media_type.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        });
+        if wants_openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    /// The `Content-Type` to send with [`Metrics::encode`] output in this format.
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    method: String,
+    route: String,
+}
+
+type DurationFamily = Family<DurationLabels, Histogram, fn() -> Histogram>;
+
+fn new_duration_histogram() -> Histogram {
+    Histogram::new(API_DURATION_BUCKETS)
+}
+
+/// The daemon's metrics. Shared behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: DurationFamily,
+}
+
+impl Metrics {
+    /// Builds the registry. `paths` is where the process and system collectors read procfs.
+    pub fn new(paths: HostPaths) -> Metrics {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations: DurationFamily =
+            Family::new_with_constructor(new_duration_histogram as fn() -> Histogram);
+
+        let mut registry = Registry::default();
+        // Unprefixed: process_* are standard names shared by every exporter.
+        registry.register_collector(Box::new(ProcessCollector::new(paths.clone())));
+
+        let llamactl = registry.sub_registry_with_prefix("llamactl");
+        build::register(llamactl);
+        llamactl.register_collector(Box::new(SystemCollector::new(paths)));
+        llamactl.register(
+            "api_requests",
+            "HTTP API requests handled, by method, route template and status code",
+            requests.clone(),
+        );
+        llamactl.register_with_unit(
+            "api_request_duration",
+            "Time to handle an HTTP API request, by method and route template",
+            Unit::Seconds,
+            durations.clone(),
+        );
+
+        Metrics {
+            registry,
+            requests,
+            durations,
+        }
+    }
+
+    /// Records one handled API request.
+    ///
+    /// `route` must be the route template (axum's `MatchedPath`, e.g. `/v1/servers/{name}`), never
+    /// the raw path: every distinct label value is a new time series kept forever.
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+        // A NaN would poison the histogram's sum for the life of the process; a negative value
+        // can only come from a clock mix-up. Count the request as instantaneous instead.
+        let seconds = if seconds.is_finite() && seconds >= 0.0 {
+            seconds
+        } else {
+            0.0
+        };
+        self.durations
+            .get_or_create(&DurationLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Renders every metric, reading the collectors' files now.
+    pub fn encode(&self, format: Format) -> anyhow::Result<String> {
+        let mut out = String::with_capacity(16 * 1024);
+        match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+        }
+        .with_context(|| format!("encoding metrics as {format:?}"))?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;
