@@ -1,0 +1,247 @@
+//! `llamactld`: load config, start logging, connect to systemd, serve HTTP, tell systemd we are
+//! ready, then live on signals (SIGHUP reloads, SIGTERM/SIGINT stop gracefully).
+
+mod notify;
+mod reload;
+
+use crate::config::{self, Loaded, ProcessEnv};
+use crate::host::HostPaths;
+use crate::http::{self, AppState};
+use crate::logging::{self, Logging};
+use crate::metrics::Metrics;
+use crate::systemd::{self, SystemdStatus};
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// How long a graceful stop waits for in-flight requests before exiting anyway (systemd's
+/// `TimeoutStopSec=` is the outer bound).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Options {
+    pub config: Option<PathBuf>,
+    pub host: HostPaths,
+}
+
+/// Everything that lives across reloads besides `AppState`.
+struct Daemon {
+    state: Arc<AppState>,
+    logging: Logging,
+    config_path: PathBuf,
+    config_explicit: bool,
+    listen: SocketAddr,
+}
+
+/// Runs the daemon to completion. Errors returned here happen before READY (bad config, port
+/// taken): systemd sees a failed start.
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let env = ProcessEnv;
+    let (config_path, explicit) = config::resolve_path(opts.config.as_deref(), &env);
+    let loaded = config::load(&config_path, explicit)?;
+    let logging = logging::init(&loaded.config.logging, &env)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("llamactld")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(opts.host, loaded, logging, config_path, explicit))
+}
+
+async fn serve(
+    host: HostPaths,
+    loaded: Loaded,
+    logging: Logging,
+    config_path: PathBuf,
+    config_explicit: bool,
+) -> anyhow::Result<()> {
+    let env = ProcessEnv;
+    // Handlers first: a SIGTERM during start-up must stop us gracefully, not kill us.
+    let mut signals = Signals::install()?;
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %loaded,
+        log_output = logging.output,
+        "llamactld starting"
+    );
+    if let Some(why) = &logging.fallback_reason {
+        warn!("{why}");
+    }
+    for w in &loaded.warnings {
+        warn!(component = "config", "{w}");
+    }
+    let cfg = loaded.config.clone();
+
+    let state_dir = cfg.state_dir(&env);
+    if let Err(e) = std::fs::create_dir_all(&state_dir) {
+        error!(path = %state_dir.display(), error = %e, "cannot create the state directory; readiness will fail");
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let monitor = systemd::spawn_monitor(cfg.systemd.clone(), shutdown_rx.clone());
+
+    let listen = format!("{}:{}", cfg.server.host, cfg.server.port);
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listen = listener.local_addr().context("reading the bound address")?;
+    info!(component = "http", address = %listen, "listening");
+
+    let metrics = Arc::new(Metrics::new(host.clone()));
+    let state = Arc::new(AppState::new(
+        loaded,
+        monitor.clone(),
+        metrics,
+        host,
+        state_dir,
+        logging.output,
+    ));
+    let app = http::router(state.clone());
+    let mut server_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_shutdown.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    // READY=1 once the listener is bound and the manager has answered. If it does not answer
+    // within `ready_timeout`, report READY anyway with a degraded status: the API and the health
+    // endpoints stay reachable (readiness says 503) instead of systemd killing and restarting us
+    // in a loop over a bus that may come back.
+    let mut status_rx = monitor.status.clone();
+    let wait = tokio::time::timeout(
+        cfg.systemd.ready_timeout.get(),
+        status_rx.wait_for(|s| s.connected),
+    );
+    let answered = tokio::select! {
+        r = wait => r.is_ok_and(|r| r.is_ok()),
+        _ = signals.stop_requested() => {
+            return drain(shutdown_tx, server).await;
+        }
+    };
+    if !answered {
+        warn!(
+            timeout = %cfg.systemd.ready_timeout,
+            "systemd manager did not answer in time; starting degraded"
+        );
+    }
+    let daemon = Daemon {
+        state: state.clone(),
+        logging,
+        config_path,
+        config_explicit,
+        listen,
+    };
+    notify::ready(&daemon.status_line(&status_rx.borrow()));
+    if let Some(every) = notify::spawn_watchdog() {
+        info!(
+            interval_ms = every.as_millis() as u64,
+            "watchdog pings enabled"
+        );
+    }
+    info!(address = %listen, "ready");
+
+    daemon.signal_loop(&mut signals, status_rx).await;
+    drain(shutdown_tx, server).await
+}
+
+/// Graceful stop: tell systemd, stop accepting, let in-flight requests finish (bounded).
+async fn drain(
+    shutdown_tx: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    notify::stopping("stopping: draining requests");
+    info!("stopping");
+    let _ = shutdown_tx.send(true);
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => error!(error = %e, "HTTP server ended with an error"),
+        Ok(Err(e)) => error!(error = %e, "HTTP server task failed"),
+        Err(_) => warn!("requests still running after the drain timeout; exiting anyway"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn stop_requested(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM received"),
+            _ = self.int.recv() => info!("SIGINT received"),
+        }
+    }
+}
+
+impl Daemon {
+    fn status_line(&self, s: &SystemdStatus) -> String {
+        let sd = if s.connected {
+            format!(
+                "systemd {} ({})",
+                s.version.as_deref().unwrap_or("?"),
+                s.system_state.as_deref().unwrap_or("?")
+            )
+        } else {
+            format!(
+                "systemd manager unreachable: {}",
+                s.last_error.as_deref().unwrap_or("not connected")
+            )
+        };
+        let cfg = self.state.config();
+        let m = &cfg.config.monitoring;
+        let metrics = if m.enabled && m.prometheus.enabled {
+            format!(", metrics on {}", m.prometheus.path)
+        } else {
+            String::new()
+        };
+        format!("Serving API on http://{}{metrics}; {sd}", self.listen)
+    }
+
+    /// Waits for signals; returns when asked to stop. Also keeps `STATUS=` current as the bus
+    /// comes and goes.
+    async fn signal_loop(
+        &self,
+        signals: &mut Signals,
+        mut status_rx: watch::Receiver<SystemdStatus>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = signals.term.recv() => { info!("SIGTERM received"); return }
+                _ = signals.int.recv() => { info!("SIGINT received"); return }
+                _ = signals.hup.recv() => {
+                    notify::reloading();
+                    self.reload();
+                    notify::ready(&self.status_line(&status_rx.borrow()));
+                }
+                changed = status_rx.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let line = self.status_line(&status_rx.borrow_and_update());
+                    notify::status(&line);
+                }
+            }
+        }
+    }
+}

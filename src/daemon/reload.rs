@@ -1,0 +1,104 @@
+//! SIGHUP: re-read the config. A broken file changes nothing (the old config stays in force and
+//! the error is logged and shown in `/api/system/health`). Settings bound at start (listen
+//! address, outputs, the bus) are reported as needing a restart rather than half-applied.
+
+use super::Daemon;
+use crate::config::{self, Config, ProcessEnv};
+use tracing::{error, info, warn};
+
+/// Keys whose new value only takes effect on restart.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    let mut check = |changed: bool, key: &'static str| {
+        if changed {
+            v.push(key);
+        }
+    };
+    check(old.server.host != new.server.host, "server.host");
+    check(old.server.port != new.server.port, "server.port");
+    check(
+        old.server.state_dir != new.server.state_dir,
+        "server.state_dir",
+    );
+    check(
+        old.server.request_timeout != new.server.request_timeout,
+        "server.request_timeout",
+    );
+    check(
+        old.server.max_body_bytes != new.server.max_body_bytes,
+        "server.max_body_bytes",
+    );
+    check(
+        old.monitoring.prometheus.path != new.monitoring.prometheus.path,
+        "monitoring.prometheus.path",
+    );
+    check(old.logging.output != new.logging.output, "logging.output");
+    check(
+        old.logging.destinations != new.logging.destinations,
+        "logging.destinations",
+    );
+    check(old.systemd != new.systemd, "systemd");
+    v
+}
+
+impl Daemon {
+    pub(super) fn reload(&self) {
+        let now = crate::systemd::unix_now();
+        match config::load(&self.config_path, self.config_explicit) {
+            Ok(new) => {
+                let old = self.state.config();
+                for w in &new.warnings {
+                    warn!(component = "config", "{w}");
+                }
+                if let Err(e) = self
+                    .logging
+                    .set_level(new.config.logging.level, &ProcessEnv)
+                {
+                    warn!(component = "config", error = %e, "could not apply the new log level");
+                }
+                let restart = restart_only_changes(&old.config, &new.config);
+                if !restart.is_empty() {
+                    warn!(
+                        component = "config",
+                        keys = %restart.join(", "),
+                        "changed settings take effect on restart"
+                    );
+                }
+                info!(component = "config", config = %new, level = new.config.logging.level.as_str(), "configuration reloaded");
+                self.state.set_config(new);
+                self.state.update_reload(|r| {
+                    r.last_attempt = Some(now);
+                    r.last_error = None;
+                    r.reloads_ok += 1;
+                });
+            }
+            Err(e) => {
+                error!(component = "config", error = %e, "configuration reload failed; keeping the previous configuration");
+                self.state.update_reload(|r| {
+                    r.last_attempt = Some(now);
+                    r.last_error = Some(e.to_string());
+                    r.reloads_failed += 1;
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_only_keys_are_named() {
+        let old = Config::default();
+        let mut new = old.clone();
+        assert!(restart_only_changes(&old, &new).is_empty());
+        new.server.port = 9000;
+        new.logging.level = crate::config::LogLevel::Debug;
+        new.systemd.slice = "other.slice".into();
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            vec!["server.port", "systemd"]
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! The HTTP API: health endpoints, `/metrics`, JSON errors, and the middleware every route shares
+//! (request ids, timeouts, body limits, request metrics).
+
+pub mod error;
+pub mod health;
+mod observe;
+mod state;
+
+pub use state::{AppState, ReloadStatus};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{middleware, Router};
+use std::sync::Arc;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::metrics::Format;
+use error::ApiError;
+
+/// Builds the router. The metrics path is fixed here (at start); whether metrics are served is
+/// read per request, so a reload can switch them off and on.
+pub fn router(state: Arc<AppState>) -> Router {
+    let cfg = state.config();
+    let server = &cfg.config.server;
+    let metrics_path = cfg.config.monitoring.prometheus.path.clone();
+    let timeout = server.request_timeout.get();
+    let max_body = server.max_body_bytes;
+
+    Router::new()
+        .route("/api/health/live", get(health::live))
+        .route("/api/health", get(health::ready))
+        .route("/api/system/health", get(health::system))
+        .route(&metrics_path, get(metrics))
+        .fallback(error::not_found)
+        // Layers run bottom-up for requests: the request id is set first, so every later layer and
+        // the handler see it; the metrics observer sees the final status after JSON rewriting.
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(max_body).unwrap_or(usize::MAX),
+        ))
+        .layer(middleware::from_fn_with_state(
+            max_body,
+            error::limit_declared_body,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text 0.0.4, or OpenMetrics when the scraper asks for it.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Response {
+    let cfg = state.config();
+    let m = &cfg.config.monitoring;
+    if !(m.enabled && m.prometheus.enabled) {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "metrics are disabled ([monitoring] enabled / [monitoring.prometheus] enabled)",
+        )
+        .into_response();
+    }
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::from_accept(accept);
+    match state.metrics.encode(format) {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e:#}"),
+        )
+        .into_response(),
+    }
+}

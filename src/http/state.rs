@@ -1,0 +1,86 @@
+//! State shared by all handlers.
+
+use crate::config::Loaded;
+use crate::host::HostPaths;
+use crate::metrics::Metrics;
+use crate::systemd::Monitor;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime};
+
+/// The outcome of the last reload, reported in `/api/system/health`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReloadStatus {
+    /// Unix seconds of the last reload attempt.
+    pub last_attempt: Option<u64>,
+    pub last_error: Option<String>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+}
+
+pub struct AppState {
+    config: RwLock<Arc<Loaded>>,
+    pub reload: RwLock<ReloadStatus>,
+    pub systemd: Monitor,
+    pub metrics: Arc<Metrics>,
+    pub host: HostPaths,
+    pub state_dir: PathBuf,
+    pub log_output: &'static str,
+    pub started: Instant,
+    pub started_at: SystemTime,
+}
+
+impl AppState {
+    pub fn new(
+        loaded: Loaded,
+        systemd: Monitor,
+        metrics: Arc<Metrics>,
+        host: HostPaths,
+        state_dir: PathBuf,
+        log_output: &'static str,
+    ) -> Self {
+        Self {
+            config: RwLock::new(Arc::new(loaded)),
+            reload: RwLock::new(ReloadStatus::default()),
+            systemd,
+            metrics,
+            host,
+            state_dir,
+            log_output,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+        }
+    }
+
+    /// The config in force. Cheap: an `Arc` clone under a read lock held for no time.
+    pub fn config(&self) -> Arc<Loaded> {
+        match self.config.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_config(&self, loaded: Loaded) {
+        let mut g = match self.config.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = Arc::new(loaded);
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        match self.reload.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn update_reload(&self, f: impl FnOnce(&mut ReloadStatus)) {
+        let mut g = match self.reload.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut g);
+    }
+}
