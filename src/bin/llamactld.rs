@@ -1,0 +1,53 @@
+//! The daemon binary: argument parsing and error printing only; the work is in `llamactl::daemon`.
+
+use clap::Parser;
+use llamactl::cli::{generate, DaemonArgs};
+use llamactl::config::{self, ProcessEnv};
+use llamactl::daemon::{self, Options};
+use llamactl::host::HostPaths;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = DaemonArgs::parse();
+    if let Some(kind) = args.generate {
+        return match generate::write::<DaemonArgs>(kind, &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("llamactld: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.check_config {
+        let (path, explicit) = config::resolve_path(args.config.as_deref(), &ProcessEnv);
+        return match config::load(&path, explicit) {
+            Ok(l) => {
+                for w in &l.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("config OK: {l}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("llamactld: invalid config: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let opts = Options {
+        config: args.config,
+        host: HostPaths {
+            procfs: args.procfs,
+            sysfs: args.sysfs,
+        },
+    };
+    match daemon::run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Logging may not be up (bad config), so stderr; under systemd that is the journal.
+            eprintln!("llamactld: {e:#}");
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The client's subcommands.
+
+use super::client::{Client, Reply};
+use super::{ClientArgs, Command, Output};
+use crate::config::{self, ProcessEnv};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+
+/// The daemon URL: `--url`/`$LLAMACTL_URL` (clap merged them), else the config's `[server]`, else
+/// the default. A config that cannot be read is not an error here: the client may run on a host
+/// without one.
+fn base_url(args: &ClientArgs) -> String {
+    if let Some(u) = &args.url {
+        return u.clone();
+    }
+    let (path, explicit) = config::resolve_path(args.config.as_deref(), &ProcessEnv);
+    match config::load(&path, explicit) {
+        Ok(l) => l.config.local_url(),
+        Err(_) => config::Config::default().local_url(),
+    }
+}
+
+/// Runs the command; returns the process exit code.
+pub async fn run(args: ClientArgs) -> anyhow::Result<u8> {
+    let command = args.command.as_ref().unwrap_or(&Command::Health);
+    match command {
+        Command::Version { client: true } => {
+            print_version(args.output, None);
+            Ok(0)
+        }
+        Command::Version { client: false } => {
+            let c = Client::new(&base_url(&args), args.timeout)?;
+            match c.get("/api/system/health").await {
+                Ok(r) => {
+                    print_version(args.output, Some(&r.body));
+                    Ok(0)
+                }
+                Err(e) => {
+                    print_version(args.output, None);
+                    Err(e)
+                }
+            }
+        }
+        Command::Health => {
+            let c = Client::new(&base_url(&args), args.timeout)?;
+            let ready = c.get("/api/health").await?;
+            let system = c.get("/api/system/health").await?;
+            let ok = ready.status == 200 && system.status == 200;
+            match args.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "url": c.url(""),
+                        "healthy": ok,
+                        "readiness": { "http_status": ready.status, "body": ready.body },
+                        "system": { "http_status": system.status, "body": system.body },
+                    }))?
+                ),
+                Output::Table => print!("{}", health_table(&c.url(""), &ready, &system)),
+            }
+            Ok(if ok { 0 } else { 1 })
+        }
+    }
+}
+
+fn print_version(output: Output, server: Option<&Value>) {
+    let client = env!("CARGO_PKG_VERSION");
+    let server_version = server.and_then(|b| b["version"].as_str());
+    match output {
+        Output::Json => println!("{}", json!({ "client": client, "server": server_version })),
+        Output::Table => {
+            println!("client  {client}");
+            println!("server  {}", server_version.unwrap_or("unreachable"));
+        }
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn gib(v: &Value) -> String {
+    v.as_f64()
+        .map(|b| format!("{:.1} GiB", b / (1u64 << 30) as f64))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The human view: a summary, then every check with its status.
+pub fn health_table(url: &str, ready: &Reply, system: &Reply) -> String {
+    let b = &system.body;
+    let sd = &b["systemd"];
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<12}{} ({})", "daemon", url, s(&b["version"]));
+    let _ = writeln!(
+        out,
+        "{:<12}{} (HTTP {})",
+        "readiness",
+        s(&ready.body["status"]),
+        ready.status
+    );
+    let _ = writeln!(
+        out,
+        "{:<12}{} (HTTP {})",
+        "system",
+        s(&b["status"]),
+        system.status
+    );
+    let _ = writeln!(
+        out,
+        "{:<12}{:.0}s",
+        "uptime",
+        b["uptime_seconds"].as_f64().unwrap_or(0.0)
+    );
+    let systemd = if sd["connected"] == Value::Bool(true) {
+        format!(
+            "connected, {} ({})",
+            s(&sd["version"]),
+            s(&sd["system_state"])
+        )
+    } else {
+        format!("DISCONNECTED: {}", s(&sd["last_error"]))
+    };
+    let _ = writeln!(out, "{:<12}{systemd}", "systemd");
+    let _ = writeln!(out, "{:<12}{}", "cgroup", s(&b["cgroup"]["layout"]));
+    let _ = writeln!(
+        out,
+        "{:<12}{} available of {}",
+        "memory",
+        gib(&b["memory"]["available_bytes"]),
+        gib(&b["memory"]["total_bytes"])
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<16}{:<8}MESSAGE", "CHECK", "STATUS");
+    let mut seen = std::collections::HashSet::new();
+    for c in ready.body["checks"]
+        .as_array()
+        .into_iter()
+        .chain(b["checks"].as_array())
+        .flatten()
+    {
+        let name = s(&c["name"]);
+        if seen.insert(name.clone()) {
+            let _ = writeln!(
+                out,
+                "{:<16}{:<8}{}",
+                name,
+                s(&c["status"]),
+                s(&c["message"])
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_lists_checks_once_and_flags_disconnection() {
+        let ready = Reply {
+            status: 503,
+            body: json!({"status": "unavailable", "checks": [
+                {"name": "systemd", "status": "fail", "message": "no bus"}]}),
+        };
+        let system = Reply {
+            status: 503,
+            body: json!({"status": "unhealthy", "version": "0.1.0", "uptime_seconds": 3.2,
+                "systemd": {"connected": false, "last_error": "no bus"},
+                "cgroup": {"layout": "v2"},
+                "memory": {"total_bytes": 2147483648u64, "available_bytes": 1073741824u64},
+                "checks": [{"name": "systemd", "status": "fail", "message": "no bus"},
+                           {"name": "cgroup", "status": "pass", "message": "cgroup layout v2"}]}),
+        };
+        let t = health_table("http://127.0.0.1:8080", &ready, &system);
+        assert!(t.contains("DISCONNECTED: no bus"), "{t}");
+        assert!(t.contains("1.0 GiB available of 2.0 GiB"), "{t}");
+        assert_eq!(t.matches("systemd         fail").count(), 1, "{t}");
+        assert!(t.contains("cgroup          pass"), "{t}");
+    }
+}
