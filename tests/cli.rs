@@ -1,0 +1,132 @@
+//! The binaries' command lines: config checking, help, generated man pages, client errors.
+
+use crate::util::{repo, run, scratch, write, LLAMACTL, LLAMACTLD};
+use std::process::Command;
+
+fn check_config(text: &str, name: &str) -> (bool, String) {
+    let dir = scratch(&format!("check-{name}"));
+    let f = dir.join("config.toml");
+    write(&f, text);
+    let out = run(Command::new(LLAMACTLD)
+        .args(["--check-config", "--config"])
+        .arg(&f));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), all)
+}
+
+#[test]
+fn check_config_accepts_the_shipped_file_and_rejects_bad_ones() {
+    let shipped = repo().join("etc/llamactl/config.toml");
+    let out = run(Command::new(LLAMACTLD)
+        .arg("--check-config")
+        .arg("-c")
+        .arg(&shipped));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config OK"));
+
+    let (ok, msg) = check_config("[server]\nport = 8080\nlisten = \"x\"\n", "unknown");
+    assert!(!ok);
+    assert!(
+        msg.contains("config.toml: line 3") && msg.contains("listen"),
+        "{msg}"
+    );
+
+    let (ok, msg) = check_config("[logging]\nlevel = 3\n", "type");
+    assert!(!ok);
+    assert!(
+        msg.contains("line 2") && msg.contains("`logging.level`"),
+        "{msg}"
+    );
+
+    let (ok, msg) = check_config("[telemetry]\nenabled = true\n", "warn");
+    assert!(ok, "{msg}");
+    assert!(msg.contains("warning: `telemetry.enabled`"), "{msg}");
+}
+
+#[test]
+fn config_path_from_environment_and_missing_explicit_file() {
+    let dir = scratch("check-env");
+    let f = dir.join("c.toml");
+    write(&f, "[server]\nport = \"eighty\"\n");
+    let out = run(Command::new(LLAMACTLD)
+        .arg("--check-config")
+        .env("LLAMACTL_CONFIG", &f));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("c.toml: line 2"));
+
+    let out = run(Command::new(LLAMACTLD).args(["--check-config", "-c", "/nonexistent/x.toml"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("cannot read config file /nonexistent/x.toml"));
+}
+
+#[test]
+fn daemon_refuses_to_start_on_a_bad_config() {
+    let dir = scratch("bad-start");
+    let f = dir.join("c.toml");
+    write(&f, "[server\n");
+    let out = run(Command::new(LLAMACTLD).arg("-c").arg(&f));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"));
+}
+
+#[test]
+fn help_reads_well() {
+    let out = run(Command::new(LLAMACTL).arg("--help"));
+    let h = String::from_utf8_lossy(&out.stdout);
+    for s in ["health", "version", "--url", "--output", "LLAMACTL_URL"] {
+        assert!(h.contains(s), "llamactl --help lacks {s}:\n{h}");
+    }
+    let out = run(Command::new(LLAMACTLD).arg("--help"));
+    let h = String::from_utf8_lossy(&out.stdout);
+    for s in [
+        "--config",
+        "--check-config",
+        "SIGHUP",
+        "journalctl -u llamactl",
+    ] {
+        assert!(h.contains(s), "llamactld --help lacks {s}:\n{h}");
+    }
+}
+
+#[test]
+fn shipped_man_pages_match_the_clap_definitions() {
+    for (bin, page) in [(LLAMACTLD, "man/llamactld.8"), (LLAMACTL, "man/llamactl.1")] {
+        let out = run(Command::new(bin).args(["--generate", "man"]));
+        assert!(out.status.success());
+        let shipped = std::fs::read(repo().join(page)).unwrap();
+        assert!(
+            out.stdout == shipped,
+            "{page} is stale: regenerate with `{} --generate man > {page}`",
+            bin.rsplit('/').next().unwrap()
+        );
+    }
+    let out = run(Command::new(LLAMACTL).args(["--generate", "complete-bash"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("complete -F"));
+}
+
+#[test]
+fn client_reports_an_unreachable_daemon_as_a_chain() {
+    // Port 9 (discard) is closed on loopback here.
+    let out = run(Command::new(LLAMACTL).args([
+        "--url",
+        "http://127.0.0.1:9",
+        "--timeout",
+        "2s",
+        "health",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.starts_with("llamactl: cannot reach llamactld at http://127.0.0.1:9: "),
+        "{e}"
+    );
+    let out = run(Command::new(LLAMACTL).args(["--url", "https://x", "health"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only http://"));
+    let out = run(Command::new(LLAMACTL).args(["version", "--client"]));
+    assert!(out.status.success());
+}

@@ -1,0 +1,53 @@
+//! llamactld run as a plain process (no systemd): stderr logging and the no-bus fallback.
+
+use crate::util::{free_port, get, scratch, wait_for, write, LLAMACTLD};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[test]
+fn outside_systemd_logs_json_to_stderr_and_serves_without_a_bus() {
+    let port = free_port();
+    let dir = scratch("direct-json");
+    let f = dir.join("c.toml");
+    write(
+        &f,
+        &format!(
+            "[server]\nport = {port}\nstate_dir = \"{}\"\n[logging]\noutput = \"json\"\n[systemd]\naddress = \"unix:path=/nonexistent/bus\"\nready_timeout = \"1s\"\n[telemetry.otlp]\nheaders = {{ authorization = \"Bearer sup3rs3cret\" }}\n",
+            dir.join("state").display()
+        ),
+    );
+    let mut child = Command::new(LLAMACTLD)
+        .arg("-c")
+        .arg(&f)
+        .env("LLAMACTL_LOG", "debug")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("daemon up", Duration::from_secs(10), || {
+        crate::util::http("GET", port, "/api/health/live", &[], b"").ok()
+    });
+    assert_eq!(get(port, "/api/health").status, 503);
+    assert_eq!(get(port, "/api/system/health").json()["log_output"], "json");
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let lines: Vec<String> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let all = lines.join("\n");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+    assert!(all.contains("\"message\":\"listening\""), "{all}");
+    assert!(all.contains("\"message\":\"stopped\""), "{all}");
+    assert!(
+        !all.contains("sup3rs3cret"),
+        "a secret reached the log:\n{all}"
+    );
+}

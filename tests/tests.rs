@@ -1,0 +1,9 @@
+//! One integration-test binary (one link, one sandbox boot), with a module per area.
+
+#[macro_use]
+mod util;
+
+mod cli;
+mod direct;
+mod packaging;
+mod unit;
