@@ -51,3 +51,50 @@ fn outside_systemd_logs_json_to_stderr_and_serves_without_a_bus() {
         "a secret reached the log:\n{all}"
     );
 }
+
+#[test]
+fn journal_output_without_journald_falls_back_to_stderr_and_file_destination_gets_json() {
+    let port = free_port();
+    let dir = scratch("direct-fallback");
+    let log = dir.join("logs/app.log");
+    let f = dir.join("c.toml");
+    write(
+        &f,
+        &format!(
+            "[server]\nport = {port}\nstate_dir = \"{}\"\n[logging]\noutput = \"journal\"\n[[logging.destinations]]\ntype = \"file\"\npath = \"{}\"\n[systemd]\naddress = \"unix:path=/nonexistent/bus\"\nready_timeout = \"1s\"\n",
+            dir.join("state").display(),
+            log.display()
+        ),
+    );
+    // Where journald runs (a systemd host) the journal is used; elsewhere stderr takes over.
+    let has_journald = std::path::Path::new(llamactl::logging::journald::JOURNAL_SOCKET).exists();
+    let mut child = Command::new(LLAMACTLD)
+        .arg("-c")
+        .arg(&f)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("LLAMACTL_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("daemon up", Duration::from_secs(10), || {
+        crate::util::http("GET", port, "/api/health/live", &[], b"").ok()
+    });
+    let expected = if has_journald { "journal" } else { "text" };
+    assert_eq!(
+        get(port, "/api/system/health").json()["log_output"],
+        expected
+    );
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("journal socket /run/systemd/journal/socket unusable"),
+        "{stderr}"
+    );
+    let file = std::fs::read_to_string(&log).unwrap();
+    let first: serde_json::Value = serde_json::from_str(file.lines().next().unwrap()).unwrap();
+    assert_eq!(first["message"], "llamactld starting");
+    assert!(file.contains("\"message\":\"stopped\""), "{file}");
+}
