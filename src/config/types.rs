@@ -19,6 +19,8 @@ pub struct Config {
     pub debug: DebugConfig,
     pub profiling: ProfilingConfig,
     pub systemd: SystemdConfig,
+    pub instances: InstancesConfig,
+    pub backends: BackendsConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -312,5 +314,69 @@ impl BusKind {
             BusKind::System => "system",
             BusKind::User => "user",
         }
+    }
+}
+
+/// Defaults and limits for instances. Field names follow upstream Llamactl's `instances` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstancesConfig {
+    /// Ports handed to instances that do not ask for one: `[first, last]`, inclusive.
+    pub port_range: [u16; 2],
+    /// User the backends run as. Unset: a transient `DynamicUser` per instance (no files owned,
+    /// nothing to set up); models must then be world-readable.
+    pub user: Option<String>,
+    pub default_auto_restart: bool,
+    pub default_max_restarts: u32,
+    /// Seconds between automatic restarts.
+    pub default_restart_delay: u64,
+    pub default_on_demand_start: bool,
+    /// How long a start or stop job may take before the API reports a timeout.
+    pub job_timeout: HumanDuration,
+    /// How long systemd waits for a backend to exit on stop before killing it.
+    pub stop_timeout: HumanDuration,
+    /// How often running backends' health endpoints are probed.
+    pub health_check_interval: HumanDuration,
+}
+
+impl Default for InstancesConfig {
+    fn default() -> Self {
+        Self {
+            port_range: [8000, 9000],
+            user: None,
+            default_auto_restart: true,
+            default_max_restarts: 3,
+            default_restart_delay: 5,
+            default_on_demand_start: true,
+            job_timeout: HumanDuration::secs(60),
+            stop_timeout: HumanDuration::secs(30),
+            health_check_interval: HumanDuration::secs(2),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendsConfig {
+    pub llama_cpp: BackendCommand,
+    pub vllm: BackendCommand,
+}
+
+/// How to run one kind of backend.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendCommand {
+    /// Executable: an absolute path, or a name looked up in the daemon's `PATH` at start.
+    /// Unset: the backend's usual name (`llama-server`, `vllm`).
+    pub command: Option<String>,
+    /// Arguments put before the instance's own.
+    pub args: Vec<String>,
+    /// Environment for every instance of this backend (an instance's own entries win).
+    pub environment: BTreeMap<String, String>,
+}
+
+impl BackendCommand {
+    pub fn command_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.command.as_deref().unwrap_or(default)
     }
 }

@@ -94,6 +94,46 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
         }
     }
 
+    let [lo, hi] = c.instances.port_range;
+    if lo == 0 || lo > hi {
+        return Err(invalid(
+            "instances.port_range",
+            format!("[{lo}, {hi}] must be two ports, first <= last, first > 0"),
+        ));
+    }
+    if let Some(u) = &c.instances.user {
+        if u.is_empty()
+            || !u
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            return Err(invalid(
+                "instances.user",
+                format!("{u:?} is not a user name"),
+            ));
+        }
+    }
+    for (key, d) in [
+        ("instances.job_timeout", c.instances.job_timeout),
+        ("instances.stop_timeout", c.instances.stop_timeout),
+        (
+            "instances.health_check_interval",
+            c.instances.health_check_interval,
+        ),
+    ] {
+        if d.get().is_zero() {
+            return Err(invalid(key, "must be > 0".into()));
+        }
+    }
+    for (key, b) in [
+        ("backends.llama_cpp.command", &c.backends.llama_cpp),
+        ("backends.vllm.command", &c.backends.vllm),
+    ] {
+        if b.command.as_deref() == Some("") {
+            return Err(invalid(key, "must name an executable".into()));
+        }
+    }
+
     let mut warnings = Vec::new();
     let mut unsupported = |on: bool, key: &str, what: &str| {
         if on {
