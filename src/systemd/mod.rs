@@ -4,6 +4,8 @@
 
 mod monitor;
 pub mod proxy;
+pub mod transient;
+pub mod units;
 
 pub use monitor::{connect, spawn_monitor, Monitor};
 

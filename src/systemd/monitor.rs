@@ -99,6 +99,16 @@ async fn serve_connection(
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let mut answered = false;
+    // Without Subscribe() the manager does not send us job and unit signals (JobRemoved,
+    // PropertiesChanged), which the instance supervisor waits on.
+    match ManagerProxy::new(conn).await {
+        Ok(m) => {
+            if let Err(e) = m.subscribe().await {
+                warn!(error = %e, "Subscribe() to the systemd manager failed");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot create a systemd manager proxy"),
+    }
     loop {
         match read_state(conn).await {
             Ok((version, state)) => {
