@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod host;
 pub mod http;
+pub mod instance;
 pub mod logging;
 pub mod metrics;
 pub mod systemd;

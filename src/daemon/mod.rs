@@ -7,6 +7,8 @@ mod reload;
 use crate::config::{self, Loaded, ProcessEnv};
 use crate::host::HostPaths;
 use crate::http::{self, AppState};
+use crate::instance::store::Store;
+use crate::instance::Supervisor;
 use crate::logging::{self, Logging};
 use crate::metrics::Metrics;
 use crate::systemd::{self, SystemdStatus};
@@ -78,9 +80,6 @@ async fn serve(
     let cfg = loaded.config.clone();
 
     let state_dir = cfg.state_dir(&env);
-    if let Err(e) = std::fs::create_dir_all(&state_dir) {
-        error!(path = %state_dir.display(), error = %e, "cannot create the state directory; readiness will fail");
-    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let monitor = systemd::spawn_monitor(cfg.systemd.clone(), shutdown_rx.clone());
@@ -93,10 +92,21 @@ async fn serve(
     info!(component = "http", address = %listen, "listening");
 
     let metrics = Arc::new(Metrics::new(host.clone()));
+    let store = Store::open(&state_dir).context("opening the instance store")?;
+    let instances = Supervisor::open(
+        store,
+        cfg.instances.clone(),
+        cfg.backends.clone(),
+        cfg.systemd.slice.clone(),
+        listen.port(),
+        monitor.connection.clone(),
+    )?;
+    instances.spawn_background(shutdown_rx.clone());
     let state = Arc::new(AppState::new(
         loaded,
         monitor.clone(),
         metrics,
+        instances,
         host,
         state_dir,
         logging.output,

@@ -95,6 +95,33 @@ fn state_dir_check(dir: &Path) -> Check {
     }
 }
 
+/// Specs are loaded at start (a store that cannot be opened stops the daemon); corrupt files
+/// are a warning, not a failure: the other instances work.
+fn instances_check(state: &AppState) -> Check {
+    let n = state.instances.list().len();
+    let corrupt = state.instances.corrupt();
+    if corrupt.is_empty() {
+        Check::new(
+            "instances",
+            CheckStatus::Pass,
+            format!("{n} instance specs loaded"),
+        )
+    } else {
+        let names: Vec<String> = corrupt
+            .iter()
+            .map(|c| c.path.display().to_string())
+            .collect();
+        Check::new(
+            "instances",
+            CheckStatus::Warn,
+            format!(
+                "{n} instance specs loaded; unreadable: {}",
+                names.join(", ")
+            ),
+        )
+    }
+}
+
 fn respond(checks: &[Check], mut body: Value) -> (StatusCode, Json<Value>) {
     let failing: Vec<&str> = checks
         .iter()
@@ -114,7 +141,11 @@ fn respond(checks: &[Check], mut body: Value) -> (StatusCode, Json<Value>) {
 
 /// `GET /api/health`: readiness. 503 lists the failing checks.
 pub async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
-    let checks = [systemd_check(&state), state_dir_check(&state.state_dir)];
+    let checks = [
+        systemd_check(&state),
+        state_dir_check(&state.state_dir),
+        instances_check(&state),
+    ];
     let ok = checks.iter().all(|c| c.status != CheckStatus::Fail);
     respond(
         &checks,
@@ -137,6 +168,15 @@ pub async fn system(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         _ => {}
     }
     checks.push(state_dir_check(&state.state_dir));
+    checks.push(instances_check(&state));
+    let orphans = state.instances.orphans();
+    if !orphans.is_empty() {
+        checks.push(Check::new(
+            "orphan_units",
+            CheckStatus::Warn,
+            format!("units without a spec (left alone): {}", orphans.join(", ")),
+        ));
+    }
 
     let layout = host::detect_layout(&state.host);
     checks.push(match &layout {
@@ -186,6 +226,11 @@ pub async fn system(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
             "reload": reload,
         },
         "state_dir": state.state_dir,
+        "instances": {
+            "total": state.instances.list().len(),
+            "corrupt_specs": state.instances.corrupt(),
+            "orphan_units": orphans,
+        },
         "log_output": state.log_output,
     });
     respond(&checks, body)

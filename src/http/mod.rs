@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod health;
+mod instances;
 mod observe;
 mod state;
 
@@ -34,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/health", get(health::ready))
         .route("/api/system/health", get(health::system))
         .route(&metrics_path, get(metrics))
+        .merge(instances::routes())
         .fallback(error::not_found)
         // Layers run bottom-up for requests: the request id is set first, so every later layer and
         // the handler see it; the metrics observer sees the final status after JSON rewriting.

@@ -2,6 +2,7 @@
 
 use crate::config::Loaded;
 use crate::host::HostPaths;
+use crate::instance::Supervisor;
 use crate::metrics::Metrics;
 use crate::systemd::Monitor;
 use serde::Serialize;
@@ -24,6 +25,7 @@ pub struct AppState {
     pub reload: RwLock<ReloadStatus>,
     pub systemd: Monitor,
     pub metrics: Arc<Metrics>,
+    pub instances: Arc<Supervisor>,
     pub host: HostPaths,
     pub state_dir: PathBuf,
     pub log_output: &'static str,
@@ -36,6 +38,7 @@ impl AppState {
         loaded: Loaded,
         systemd: Monitor,
         metrics: Arc<Metrics>,
+        instances: Arc<Supervisor>,
         host: HostPaths,
         state_dir: PathBuf,
         log_output: &'static str,
@@ -45,6 +48,7 @@ impl AppState {
             reload: RwLock::new(ReloadStatus::default()),
             systemd,
             metrics,
+            instances,
             host,
             state_dir,
             log_output,

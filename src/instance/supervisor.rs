@@ -1,0 +1,522 @@
+//! The instance table and its lifecycle. Specs live in the `Store`; units live in systemd; this
+//! keeps the two in step. Lifecycle operations are serialised (one at a time) so two requests
+//! cannot start the same unit or hand out the same port; reads never wait for them.
+
+use super::runtime::{derive, Health, State};
+use super::spec::{self, DesiredState, InstanceOptions, InstanceSpec};
+use super::store::{Corrupt, Store};
+use crate::config::{BackendsConfig, InstancesConfig};
+use crate::systemd::transient::TransientService;
+use crate::systemd::units::{self, UnitState};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+use tracing::{info, warn};
+use zbus::Connection;
+
+/// Why an operation failed; the HTTP layer maps each kind to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub(super) struct Entry {
+    pub spec: InstanceSpec,
+    pub unit: UnitState,
+    pub health: Health,
+    /// Why the last start or stop failed; cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+impl Entry {
+    pub fn state(&self) -> State {
+        derive(&self.unit, &self.health)
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Table {
+    pub instances: BTreeMap<String, Entry>,
+    pub corrupt: Vec<Corrupt>,
+    /// `llamactl-*.service` units with no spec (left behind, or created by hand).
+    pub orphans: BTreeSet<String>,
+}
+
+pub struct Supervisor {
+    pub(super) store: Store,
+    pub(super) cfg: InstancesConfig,
+    backends: BackendsConfig,
+    slice: String,
+    daemon_port: u16,
+    pub(super) conn: watch::Receiver<Option<Connection>>,
+    pub(super) table: Mutex<Table>,
+    ops: tokio::sync::Mutex<()>,
+    /// Refreshes (read unit state, store it) run one at a time: two overlapping ones could
+    /// otherwise store an older reading after a newer one (a start's own refresh finishing after
+    /// the signal-driven one), leaving a stale state until the next change.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+fn now() -> u64 {
+    crate::systemd::unix_now()
+}
+
+impl Supervisor {
+    /// Loads every spec; corrupt files are logged and kept aside.
+    pub fn open(
+        store: Store,
+        cfg: InstancesConfig,
+        backends: BackendsConfig,
+        slice: String,
+        daemon_port: u16,
+        conn: watch::Receiver<Option<Connection>>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let (specs, corrupt) = store.load_all::<InstanceSpec>()?;
+        let mut table = Table {
+            corrupt,
+            ..Default::default()
+        };
+        for c in &table.corrupt {
+            tracing::error!(
+                llamactl_instance = %c.name,
+                path = %c.path.display(),
+                error = %c.error,
+                "instance spec file cannot be read; skipped (fix or remove it)"
+            );
+        }
+        for (file_name, spec) in specs {
+            if spec.name != file_name || spec::validate_name(&spec.name).is_err() {
+                let c = Corrupt {
+                    name: file_name.clone(),
+                    path: store.path(&file_name),
+                    error: format!("file holds instance {:?}, not {file_name:?}", spec.name),
+                };
+                tracing::error!(path = %c.path.display(), error = %c.error, "instance spec file skipped");
+                table.corrupt.push(c);
+                continue;
+            }
+            table.instances.insert(
+                spec.name.clone(),
+                Entry {
+                    spec,
+                    unit: UnitState::default(),
+                    health: Health::default(),
+                    last_error: None,
+                },
+            );
+        }
+        info!(
+            instances = table.instances.len(),
+            corrupt = table.corrupt.len(),
+            dir = %store.dir().display(),
+            "instance specs loaded"
+        );
+        Ok(Arc::new(Self {
+            store,
+            cfg,
+            backends,
+            slice,
+            daemon_port,
+            conn,
+            table: Mutex::new(table),
+            ops: tokio::sync::Mutex::new(()),
+            refreshing: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    pub(super) fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn connection(&self) -> Result<Connection, OpError> {
+        self.conn.borrow().clone().ok_or_else(|| {
+            OpError::Unavailable("the systemd manager is unreachable; try again later".into())
+        })
+    }
+
+    /// JSON view of one instance: upstream's fields (`name`, `status`, `created`, `options`) and
+    /// ours (state, unit, pid, restarts, health).
+    fn view(e: &Entry) -> Value {
+        let state = e.state();
+        json!({
+            "name": e.spec.name,
+            "status": state.upstream_status(),
+            "created": e.spec.created,
+            "options": e.spec.options,
+            "state": state,
+            "desired_state": e.spec.desired_state,
+            "unit": spec::unit_name(&e.spec.name),
+            "port": e.spec.options.port(),
+            "main_pid": (e.unit.main_pid != 0).then_some(e.unit.main_pid),
+            "restarts": e.unit.n_restarts,
+            "active_since": (e.unit.active_enter_timestamp != 0).then_some(e.unit.active_enter_timestamp / 1_000_000),
+            "result": (!e.unit.result.is_empty()).then_some(&e.unit.result),
+            "exit_status": e.unit.loaded.then_some(e.unit.exec_main_status),
+            "control_group": (!e.unit.control_group.is_empty()).then_some(&e.unit.control_group),
+            "health": e.health,
+            "last_error": e.last_error,
+        })
+    }
+
+    pub fn list(&self) -> Vec<Value> {
+        self.table().instances.values().map(Self::view).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<Value, OpError> {
+        self.table()
+            .instances
+            .get(name)
+            .map(Self::view)
+            .ok_or_else(|| not_found(name))
+    }
+
+    pub fn state_of(&self, name: &str) -> Result<(State, Value), OpError> {
+        let t = self.table();
+        let e = t.instances.get(name).ok_or_else(|| not_found(name))?;
+        Ok((e.state(), Self::view(e)))
+    }
+
+    pub fn corrupt(&self) -> Vec<Corrupt> {
+        self.table().corrupt.clone()
+    }
+
+    pub fn orphans(&self) -> Vec<String> {
+        self.table().orphans.iter().cloned().collect()
+    }
+
+    /// A port for a new instance, or a conflict for an explicit one.
+    fn assign_port(&self, name: &str, wanted: Option<u16>, host: &str) -> Result<u16, OpError> {
+        let t = self.table();
+        let taken: BTreeMap<u16, &str> = t
+            .instances
+            .values()
+            .filter(|e| e.spec.name != name)
+            .filter_map(|e| e.spec.options.port().map(|p| (p, e.spec.name.as_str())))
+            .collect();
+        if let Some(p) = wanted {
+            if let Some(other) = taken.get(&p) {
+                return Err(OpError::Conflict(format!(
+                    "port {p} is already used by instance {other:?}"
+                )));
+            }
+            if p == self.daemon_port {
+                return Err(OpError::Conflict(format!(
+                    "port {p} is llamactld's own port"
+                )));
+            }
+            return Ok(p);
+        }
+        let [lo, hi] = self.cfg.port_range;
+        (lo..=hi)
+            .find(|p| *p != self.daemon_port && !taken.contains_key(p) && port_free(host, *p))
+            .ok_or_else(|| {
+                OpError::Conflict(format!(
+                    "no free port left in [instances] port_range {lo}-{hi}"
+                ))
+            })
+    }
+
+    pub async fn create(&self, name: &str, mut options: InstanceOptions) -> Result<Value, OpError> {
+        spec::validate_name(name).map_err(OpError::BadRequest)?;
+        options.normalise(&self.cfg).map_err(OpError::BadRequest)?;
+        let _op = self.ops.lock().await;
+        {
+            let t = self.table();
+            if t.instances.contains_key(name) {
+                return Err(OpError::Conflict(format!(
+                    "instance {name:?} already exists"
+                )));
+            }
+            if let Some(c) = t.corrupt.iter().find(|c| c.name == name) {
+                return Err(OpError::Conflict(format!(
+                    "a spec file for {name:?} exists but cannot be read ({}: {}); fix or remove it first",
+                    c.path.display(),
+                    c.error
+                )));
+            }
+        }
+        let port = self.assign_port(name, options.port(), options.host())?;
+        options.set_port(port);
+        let spec = InstanceSpec {
+            name: name.to_string(),
+            created: now(),
+            desired_state: DesiredState::Stopped,
+            options,
+        };
+        self.store
+            .save(name, &spec)
+            .map_err(|e| OpError::Failed(format!("{e:#}")))?;
+        info!(llamactl_instance = name, port, "instance created");
+        let entry = Entry {
+            spec,
+            unit: UnitState::default(),
+            health: Health::default(),
+            last_error: None,
+        };
+        let v = Self::view(&entry);
+        self.table().instances.insert(name.to_string(), entry);
+        if let Ok(conn) = self.connection() {
+            // A unit of that name may exist already (an orphan being given a spec).
+            let _ = self.refresh(&conn, name).await;
+            self.table().orphans.remove(&spec::unit_name(name));
+        }
+        Ok(v)
+    }
+
+    /// Replaces the options; a running instance is restarted with them (as upstream does).
+    pub async fn update(&self, name: &str, mut options: InstanceOptions) -> Result<Value, OpError> {
+        spec::validate_name(name).map_err(OpError::BadRequest)?;
+        options.normalise(&self.cfg).map_err(OpError::BadRequest)?;
+        let _op = self.ops.lock().await;
+        let (old_port, running) = {
+            let t = self.table();
+            let e = t.instances.get(name).ok_or_else(|| not_found(name))?;
+            (e.spec.options.port(), e.state().is_running())
+        };
+        let port = self.assign_port(name, options.port().or(old_port), options.host())?;
+        options.set_port(port);
+        if running {
+            self.stop_locked(name).await?;
+        }
+        let spec = {
+            let mut t = self.table();
+            let e = t.instances.get_mut(name).ok_or_else(|| not_found(name))?;
+            e.spec.options = options;
+            e.spec.clone()
+        };
+        self.store
+            .save(name, &spec)
+            .map_err(|e| OpError::Failed(format!("{e:#}")))?;
+        info!(llamactl_instance = name, "instance updated");
+        if running {
+            self.start_locked(name).await?;
+        }
+        self.get(name)
+    }
+
+    /// Stops the unit (if any), then removes the spec: never a spec-less running unit.
+    pub async fn delete(&self, name: &str) -> Result<(), OpError> {
+        spec::validate_name(name).map_err(OpError::BadRequest)?;
+        let _op = self.ops.lock().await;
+        if !self.table().instances.contains_key(name) {
+            return Err(not_found(name));
+        }
+        let conn = self.connection()?;
+        let unit = spec::unit_name(name);
+        units::stop(&conn, &unit, self.cfg.job_timeout.get())
+            .await
+            .map_err(|e| OpError::Failed(format!("stopping {unit}: {e}")))?;
+        units::reset_failed(&conn, &unit)
+            .await
+            .map_err(|e| OpError::Failed(format!("resetting {unit}: {e}")))?;
+        self.store
+            .remove(name)
+            .map_err(|e| OpError::Failed(format!("{e:#}")))?;
+        self.table().instances.remove(name);
+        info!(llamactl_instance = name, "instance deleted");
+        Ok(())
+    }
+
+    pub async fn start(&self, name: &str) -> Result<Value, OpError> {
+        spec::validate_name(name).map_err(OpError::BadRequest)?;
+        let _op = self.ops.lock().await;
+        self.start_locked(name).await?;
+        self.get(name)
+    }
+
+    pub async fn stop(&self, name: &str) -> Result<Value, OpError> {
+        spec::validate_name(name).map_err(OpError::BadRequest)?;
+        let _op = self.ops.lock().await;
+        self.stop_locked(name).await?;
+        self.get(name)
+    }
+
+    pub async fn restart(&self, name: &str) -> Result<Value, OpError> {
+        spec::validate_name(name).map_err(OpError::BadRequest)?;
+        let _op = self.ops.lock().await;
+        self.stop_locked(name).await?;
+        self.start_locked(name).await?;
+        self.get(name)
+    }
+
+    fn set_desired(&self, name: &str, desired: DesiredState) -> Result<(), OpError> {
+        let spec = {
+            let mut t = self.table();
+            let e = t.instances.get_mut(name).ok_or_else(|| not_found(name))?;
+            if e.spec.desired_state == desired {
+                return Ok(());
+            }
+            e.spec.desired_state = desired;
+            e.spec.clone()
+        };
+        self.store
+            .save(name, &spec)
+            .map_err(|e| OpError::Failed(format!("{e:#}")))
+    }
+
+    fn record_error(&self, name: &str, err: Option<String>) {
+        if let Some(e) = self.table().instances.get_mut(name) {
+            e.last_error = err;
+        }
+    }
+
+    /// The unit for an instance, from its spec and the config.
+    fn plan(&self, spec: &InstanceSpec) -> Result<TransientService, OpError> {
+        let o = &spec.options;
+        let mut argv = spec::command_line(o, &self.backends);
+        let path_var = std::env::var("PATH").ok();
+        let exe = spec::resolve_command(&argv[0], path_var.as_deref()).map_err(OpError::Failed)?;
+        argv[0] = exe.display().to_string();
+        let restart = o.auto_restart.unwrap_or(true) && o.max_restarts.unwrap_or(0) > 0;
+        let delay = o.restart_delay.unwrap_or(0).max(0) as u64;
+        let max_restarts = o.max_restarts.unwrap_or(0).clamp(0, 10_000) as u32;
+        Ok(TransientService {
+            unit: spec::unit_name(&spec.name),
+            description: format!("llamactl instance {} ({:?})", spec.name, o.backend_type),
+            slice: self.slice.clone(),
+            argv,
+            environment: spec::environment(&spec.name, o, &self.backends),
+            working_directory: o
+                .working_directory
+                .as_ref()
+                .map(|d| d.display().to_string()),
+            user: self.cfg.user.clone(),
+            memory_max: o
+                .memory_max
+                .as_ref()
+                .and_then(|m| spec::parse_bytes(m).ok()),
+            cpu_quota_per_sec_usec: o.cpu_quota.map(|q| (q * 10_000.0) as u64),
+            restart,
+            restart_usec: delay * 1_000_000,
+            // Every start counts, the first included: max_restarts restarts = max_restarts + 1
+            // starts. The window is wide enough that a crash loop always hits the limit.
+            start_limit_burst: max_restarts + 1,
+            start_limit_interval_usec: (600 + (u64::from(max_restarts) + 1) * (delay + 5))
+                * 1_000_000,
+            syslog_identifier: format!("llamactl-{}", spec.name),
+            log_extra_fields: vec![format!("LLAMACTL_INSTANCE={}", spec.name)],
+            timeout_stop_usec: self.cfg.stop_timeout.get().as_micros() as u64,
+        })
+    }
+
+    pub(super) async fn start_locked(&self, name: &str) -> Result<(), OpError> {
+        let spec = self
+            .table()
+            .instances
+            .get(name)
+            .map(|e| e.spec.clone())
+            .ok_or_else(|| not_found(name))?;
+        let conn = self.connection()?;
+        self.refresh(&conn, name).await?;
+        let state = self.state_of(name)?.0;
+        if state.is_running() {
+            return Err(OpError::Conflict(format!(
+                "instance {name:?} is already running ({state:?})"
+            )));
+        }
+        let port = spec.options.port().unwrap_or(0);
+        if !port_free(spec.options.host(), port) {
+            return Err(OpError::Conflict(format!(
+                "port {port} of instance {name:?} is in use by another process"
+            )));
+        }
+        let plan = match self.plan(&spec) {
+            Ok(p) => p,
+            Err(e) => {
+                self.record_error(name, Some(e.to_string()));
+                return Err(e);
+            }
+        };
+        // A failed unit of the same name is still loaded (CollectMode=inactive); clear it.
+        units::reset_failed(&conn, &plan.unit)
+            .await
+            .map_err(|e| OpError::Failed(e.to_string()))?;
+        info!(llamactl_instance = name, unit = %plan.unit, argv = %plan.argv.join(" "), "starting instance");
+        let started = units::start_transient(&conn, &plan, self.cfg.job_timeout.get()).await;
+        let _ = self.refresh(&conn, name).await;
+        match started {
+            Ok(()) => {
+                self.record_error(name, None);
+                self.set_desired(name, DesiredState::Running)?;
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("starting {}: {e}", plan.unit);
+                warn!(llamactl_instance = name, error = %msg, "instance start failed");
+                self.record_error(name, Some(msg.clone()));
+                Err(OpError::Failed(msg))
+            }
+        }
+    }
+
+    pub(super) async fn stop_locked(&self, name: &str) -> Result<(), OpError> {
+        if !self.table().instances.contains_key(name) {
+            return Err(not_found(name));
+        }
+        let conn = self.connection()?;
+        self.set_desired(name, DesiredState::Stopped)?;
+        let unit = spec::unit_name(name);
+        let stopped = units::stop(&conn, &unit, self.cfg.job_timeout.get()).await;
+        if stopped.is_ok() {
+            let _ = units::reset_failed(&conn, &unit).await;
+        }
+        let _ = self.refresh(&conn, name).await;
+        match stopped {
+            Ok(()) => {
+                info!(llamactl_instance = name, "instance stopped");
+                self.record_error(name, None);
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("stopping {unit}: {e}");
+                self.record_error(name, Some(msg.clone()));
+                Err(OpError::Failed(msg))
+            }
+        }
+    }
+
+    /// Re-reads an instance's unit from systemd.
+    pub(super) async fn refresh(&self, conn: &Connection, name: &str) -> Result<(), OpError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let st = units::state(conn, &spec::unit_name(name))
+            .await
+            .map_err(|e| OpError::Unavailable(format!("reading unit state: {e}")))?;
+        let mut t = self.table();
+        if let Some(e) = t.instances.get_mut(name) {
+            let before = e.state();
+            if st.active_state != "active" || st.main_pid != e.unit.main_pid {
+                e.health = Health::default();
+            }
+            e.unit = st;
+            let after = e.state();
+            if before != after {
+                info!(llamactl_instance = name, from = ?before, to = ?after, "instance state changed");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn not_found(name: &str) -> OpError {
+    OpError::NotFound(format!("no instance named {name:?}"))
+}
+
+/// Whether nothing listens on `host:port` (a bind test; the backend binds it moments later).
+pub fn port_free(host: &str, port: u16) -> bool {
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    std::net::TcpListener::bind((host, port)).is_ok()
+}

@@ -1,0 +1,226 @@
+//! Background work of the supervisor: adopting units when the bus comes up, following their
+//! state through `PropertiesChanged` signals (no polling of systemd), and probing backends'
+//! health endpoints.
+
+use super::runtime::{Health, State};
+use super::spec::{self, DesiredState};
+use super::supervisor::Supervisor;
+use crate::systemd::units;
+use axum::body::Bytes;
+use futures_util::StreamExt;
+use http_body_util::Empty;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use zbus::message::Type as MsgType;
+use zbus::{Connection, MatchRule, MessageStream};
+
+/// How often instances that are starting or loading are probed (ready ones use the configured
+/// interval).
+const FAST_PROBE: Duration = Duration::from_millis(250);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Supervisor {
+    /// Starts the watcher and the prober; both end when `shutdown` turns true.
+    pub fn spawn_background(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let me = self.clone();
+        let sd = shutdown.clone();
+        tokio::spawn(async move { me.follow_units(sd).await });
+        let me = self.clone();
+        tokio::spawn(async move { me.probe_loop(shutdown).await });
+    }
+
+    /// For every (re)connection: adopt, then apply each `PropertiesChanged` of our units.
+    async fn follow_units(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut conn_rx = self.conn.clone();
+        loop {
+            let conn = conn_rx.borrow_and_update().clone();
+            if let Some(conn) = conn {
+                match signal_stream(&conn).await {
+                    Ok(mut stream) => {
+                        self.adopt(&conn).await;
+                        loop {
+                            tokio::select! {
+                                msg = stream.next() => match msg {
+                                    Some(Ok(m)) => {
+                                        let header = m.header();
+                                        let Some(path) = header.path() else { continue };
+                                        let Some(unit) = units::unit_from_path(path.as_str()) else { continue };
+                                        if let Some(name) = spec::name_from_unit(&unit) {
+                                            let known = self.table().instances.contains_key(name);
+                                            if known {
+                                                let _ = self.refresh(&conn, name).await;
+                                            }
+                                        }
+                                    }
+                                    Some(Err(e)) => debug!(error = %e, "bad signal"),
+                                    None => break,
+                                },
+                                _ = conn_rx.changed() => break,
+                                _ = shutdown.changed() => return,
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "cannot watch systemd unit signals"),
+                }
+            }
+            tokio::select! {
+                r = conn_rx.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Re-adoption: running units are taken over as they are (never restarted); instances that
+    /// should run but do not are started; units without a spec are reported.
+    pub(super) async fn adopt(&self, conn: &Connection) {
+        let loaded = match units::list(conn, "llamactl-*.service").await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot list instance units");
+                return;
+            }
+        };
+        let names: Vec<String> = self.table().instances.keys().cloned().collect();
+        for name in &names {
+            let _ = self.refresh(conn, name).await;
+        }
+        let mut orphans = std::collections::BTreeSet::new();
+        for unit in &loaded {
+            match spec::name_from_unit(unit) {
+                Some(n) if names.iter().any(|k| k == n) => {
+                    if let Ok((state, _)) = self.state_of(n) {
+                        info!(llamactl_instance = n, state = ?state, "adopted running unit");
+                    }
+                }
+                _ => {
+                    warn!(unit = %unit, "instance unit has no spec in the state directory; leaving it alone");
+                    orphans.insert(unit.clone());
+                }
+            }
+        }
+        self.table().orphans = orphans;
+        for name in names {
+            let wants = self
+                .table()
+                .instances
+                .get(&name)
+                .map(|e| (e.spec.desired_state, e.state()));
+            if let Some((DesiredState::Running, state)) = wants {
+                if matches!(state, State::Stopped) {
+                    info!(llamactl_instance = %name, "desired state is running; starting");
+                    if let Err(e) = self.start(&name).await {
+                        warn!(llamactl_instance = %name, error = %e, "start at adoption failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn probe_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let client: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let slow = self.cfg.health_check_interval.get();
+        let mut last_slow = tokio::time::Instant::now() - slow;
+        loop {
+            let due_slow = last_slow.elapsed() >= slow;
+            if due_slow {
+                last_slow = tokio::time::Instant::now();
+            }
+            let targets: Vec<(String, String)> = self
+                .table()
+                .instances
+                .values()
+                .filter(|e| e.unit.active_state == "active")
+                .filter(|e| due_slow || !e.health.ok)
+                .map(|e| {
+                    let o = &e.spec.options;
+                    let host = match o.host() {
+                        "0.0.0.0" | "localhost" => "127.0.0.1",
+                        "::" => "::1",
+                        h => h,
+                    };
+                    let host = if host.contains(':') {
+                        format!("[{host}]")
+                    } else {
+                        host.to_string()
+                    };
+                    let url = format!("http://{host}:{}{}", o.port().unwrap_or(0), o.health_path());
+                    (e.spec.name.clone(), url)
+                })
+                .collect();
+            let probes = targets.into_iter().map(|(name, url)| {
+                let client = client.clone();
+                async move { (name, probe(&client, &url).await) }
+            });
+            for (name, health) in futures_util::future::join_all(probes).await {
+                let mut t = self.table();
+                if let Some(e) = t.instances.get_mut(&name) {
+                    if e.unit.active_state != "active" {
+                        continue;
+                    }
+                    let before = e.state();
+                    e.health = health;
+                    let after = e.state();
+                    if before != after {
+                        info!(llamactl_instance = %name, from = ?before, to = ?after, "instance state changed");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(FAST_PROBE) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+async fn signal_stream(conn: &Connection) -> zbus::Result<MessageStream> {
+    let rule = MatchRule::builder()
+        .msg_type(MsgType::Signal)
+        .sender("org.freedesktop.systemd1")
+        .interface("org.freedesktop.DBus.Properties")
+        .member("PropertiesChanged")
+        .path_namespace("/org/freedesktop/systemd1/unit")
+        .build()?;
+    // A deep queue: a burst of unit changes must not drop the signal that carries the last state.
+    MessageStream::for_match_rule(rule, conn, std::num::NonZeroUsize::new(4096)).await
+}
+
+async fn probe(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Health {
+    let checked_at = Some(crate::systemd::unix_now());
+    let uri: hyper::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            return Health {
+                checked_at,
+                error: Some(format!("bad health URL {url}: {e}")),
+                ..Default::default()
+            }
+        }
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, client.get(uri)).await {
+        Ok(Ok(res)) => {
+            let status = res.status().as_u16();
+            Health {
+                ok: status == 200,
+                checked_at,
+                status: Some(status),
+                error: (status != 200).then(|| format!("{url} answered {status}")),
+            }
+        }
+        Ok(Err(e)) => Health {
+            checked_at,
+            error: Some(format!("{url}: {e}")),
+            ..Default::default()
+        },
+        Err(_) => Health {
+            checked_at,
+            error: Some(format!("{url}: no answer within {PROBE_TIMEOUT:?}")),
+            ..Default::default()
+        },
+    }
+}
