@@ -22,14 +22,16 @@ fn base_url(args: &ClientArgs) -> String {
 
 /// Runs the command; returns the process exit code.
 pub async fn run(args: ClientArgs) -> anyhow::Result<u8> {
-    let command = args.command.as_ref().unwrap_or(&Command::Health);
+    const DEFAULT: Command = Command::Health { name: None };
+    let command = args.command.as_ref().unwrap_or(&DEFAULT);
+    let client = || Client::new(&base_url(&args), args.http_timeout);
     match command {
         Command::Version { client: true } => {
             print_version(args.output, None);
             Ok(0)
         }
         Command::Version { client: false } => {
-            let c = Client::new(&base_url(&args), args.timeout)?;
+            let c = client()?;
             match c.get("/api/system/health").await {
                 Ok(r) => {
                     print_version(args.output, Some(&r.body));
@@ -41,8 +43,19 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<u8> {
                 }
             }
         }
-        Command::Health => {
-            let c = Client::new(&base_url(&args), args.timeout)?;
+        Command::Health { name: Some(name) } => {
+            super::instances::health(&client()?, args.output, name).await
+        }
+        other @ (Command::List
+        | Command::Create(_)
+        | Command::Show { .. }
+        | Command::Start { .. }
+        | Command::Stop { .. }
+        | Command::Restart { .. }
+        | Command::Delete { .. }
+        | Command::Logs { .. }) => super::instances::run(&client()?, args.output, other).await,
+        Command::Health { name: None } => {
+            let c = client()?;
             let ready = c.get("/api/health").await?;
             let system = c.get("/api/system/health").await?;
             let ok = ready.status == 200 && system.status == 200;

@@ -4,6 +4,7 @@
 mod client;
 mod commands;
 pub mod generate;
+mod instances;
 
 pub use commands::run;
 
@@ -13,10 +14,12 @@ use std::path::PathBuf;
 const DAEMON_AFTER: &str = "\
 Files:
   /etc/llamactl/config.toml   the config (every key documented in the shipped file)
-  /var/lib/llamactl/          state (StateDirectory=llamactl)
+  /var/lib/llamactl/instances/NAME.json   instance specs (StateDirectory=llamactl)
   /lib/systemd/system/llamactl.service
 
 Endpoints:
+  /api/v1/instances[/{name}[/start|/stop|/restart|/logs]]   the instance API (see README)
+  GET /api/instances/{name}/health                          200 ready, 503 not, 404 unknown
   GET /api/health/live        liveness: 200 while the server answers
   GET /api/health             readiness: 200, or 503 listing the failing checks
   GET /api/system/health      version, uptime, systemd, cgroup layout, memory, capabilities
@@ -26,6 +29,11 @@ Environment:
   LLAMACTL_CONFIG             config file when --config is not given
   LLAMACTL_LOG                a tracing filter overriding [logging] level (e.g. llamactl::systemd=trace)
   DBUS_SYSTEM_BUS_ADDRESS     the system bus, unless [systemd] address is set
+
+Instances run as transient units llamactl-NAME.service in llamactl.slice:
+  systemctl status llamactl-NAME.service, journalctl -u llamactl-NAME.service,
+  journalctl LLAMACTL_INSTANCE=NAME (the backend's lines and the daemon's about it).
+  Restarting or killing llamactld never stops them; it re-adopts them when it starts.
 
 Journal:
   journalctl -u llamactl                         the daemon's log
@@ -42,9 +50,92 @@ Exit status: 0 success (for `health`: ready and healthy), 1 failure or unhealthy
 Examples:
   llamactl health                      readiness and system health as a table
   llamactl -o json health | jq .       the same, as JSON
+  llamactl create smol -m /srv/models/smol.gguf --ctx-size 4096 --wait
+  llamactl create echo --backend command --start -- /usr/bin/my-server --port {port}
+  llamactl create big -f big.toml      a spec file: the API's JSON body, or the same keys in TOML
+  llamactl list
+  llamactl logs smol -f                follow the instance's journal
+  llamactl health smol                 exit 0 when the instance is ready
   LLAMACTL_URL=http://10.0.0.5:8080 llamactl version
 
 See also: llamactld(8).";
+
+/// Waiting for an instance to be ready.
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// Wait until the instance is ready (its health endpoint answers), showing progress
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (exit 1)
+    #[arg(long, value_name = "DURATION", default_value = "5m",
+          value_parser = crate::config::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Instance name: lowercase letters, digits, '.', '_', '-'
+    pub name: String,
+    /// Spec file: the API's JSON body, or the same keys in TOML; flags below override it
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Backend type
+    #[arg(long, value_parser = ["llama_cpp", "vllm", "command"])]
+    pub backend: Option<String>,
+    /// Model: a GGUF path (llama_cpp) or a model name/path (vllm)
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Port of the backend [default: the next free one of [instances] port_range]
+    #[arg(long, short = 'p')]
+    pub port: Option<u16>,
+    /// llama.cpp context size
+    #[arg(long)]
+    pub ctx_size: Option<u64>,
+    /// llama.cpp GPU layers
+    #[arg(long)]
+    pub gpu_layers: Option<i64>,
+    /// Backend threads
+    #[arg(long)]
+    pub threads: Option<u64>,
+    /// Model alias the backend reports
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// Any backend option as KEY=VALUE (VALUE is JSON when it parses, else a string), e.g.
+    /// --opt flash_attn=true
+    #[arg(long = "opt", value_name = "KEY=VALUE")]
+    pub opts: Vec<String>,
+    /// Extra argument appended verbatim to the backend's command line (repeatable)
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// Environment variable KEY=VALUE (repeatable)
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Memory limit, e.g. 8G (MemoryMax=)
+    #[arg(long)]
+    pub memory_max: Option<String>,
+    /// CPU limit in percent of one CPU, e.g. 200 (CPUQuota=)
+    #[arg(long)]
+    pub cpu_quota: Option<f64>,
+    /// GPUs to use, comma-separated (CUDA_VISIBLE_DEVICES)
+    #[arg(long, value_delimiter = ',')]
+    pub gpus: Vec<String>,
+    /// Do not restart the backend when it fails
+    #[arg(long)]
+    pub no_auto_restart: bool,
+    #[arg(long)]
+    pub max_restarts: Option<i64>,
+    /// Seconds between restarts
+    #[arg(long)]
+    pub restart_delay: Option<i64>,
+    /// Start it right away
+    #[arg(long)]
+    pub start: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// For --backend command: the argv to run ({port} and {host} are substituted)
+    #[arg(last = true, value_name = "ARGV")]
+    pub command: Vec<String>,
+}
 
 /// What `--generate` writes to stdout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -120,10 +211,10 @@ pub struct ClientArgs {
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     pub output: Output,
 
-    /// Give up on the daemon after this long (e.g. 500ms, 10s)
-    #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
+    /// Give up on one HTTP request to the daemon after this long (e.g. 500ms, 10s)
+    #[arg(long, global = true, value_name = "DURATION", default_value = "90s",
           value_parser = crate::config::parse_duration)]
-    pub timeout: std::time::Duration,
+    pub http_timeout: std::time::Duration,
 
     /// Print a man page or shell completions and exit
     #[arg(long, value_name = "KIND", hide = true)]
@@ -135,8 +226,46 @@ pub struct ClientArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show readiness and system health; exit 0 when both are healthy, 1 otherwise
-    Health,
+    /// Without NAME: the daemon's readiness and system health. With NAME: that instance's
+    /// health. Exit 0 when healthy/ready, 1 otherwise
+    Health {
+        /// An instance
+        name: Option<String>,
+    },
+    /// List instances
+    #[command(alias = "ls")]
+    List,
+    /// Create an instance from flags or a spec file (TOML or JSON)
+    Create(Box<CreateArgs>),
+    /// Show one instance
+    Show { name: String },
+    /// Start an instance
+    Start {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Stop an instance
+    Stop { name: String },
+    /// Restart an instance
+    Restart {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Delete an instance (a running one is stopped first)
+    #[command(alias = "rm")]
+    Delete { name: String },
+    /// Show an instance's log from the journal
+    Logs {
+        name: String,
+        /// How many of the last lines
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        /// Keep following new lines
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Show the client's and the daemon's versions (exit 1 when the daemon is unreachable)
     Version {
         /// Only the client's version; do not contact the daemon
