@@ -115,7 +115,7 @@ fn client_reports_an_unreachable_daemon_as_a_chain() {
     let out = run(Command::new(LLAMACTL).args([
         "--url",
         "http://127.0.0.1:9",
-        "--timeout",
+        "--http-timeout",
         "2s",
         "health",
     ]));

@@ -5,5 +5,6 @@ mod util;
 
 mod cli;
 mod direct;
+mod instances;
 mod packaging;
 mod unit;

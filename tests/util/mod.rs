@@ -185,3 +185,62 @@ pub fn free_port() -> u16 {
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
+
+/// The fake OpenAI-compatible backend (`examples/fake_backend.rs`), built if this test run did
+/// not build examples.
+pub fn fake_backend() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let p = Path::new(LLAMACTLD)
+                .parent()
+                .unwrap()
+                .join("examples/fake_backend");
+            if !p.exists() {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let out = run(Command::new(cargo)
+                    .args(["build", "--example", "fake_backend"])
+                    .current_dir(repo()));
+                assert!(out.status.success(), "building fake_backend: {out:?}");
+            }
+            p
+        })
+        .clone()
+}
+
+/// A real llama-server and model (`tools/llama-backend`: built once per machine and cached; the
+/// first run takes minutes).
+pub fn llama_backend() -> (String, String) {
+    static PATHS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    PATHS
+        .get_or_init(|| {
+            let out = run(Command::new(repo().join("tools/llama-backend")).current_dir(repo()));
+            assert!(
+                out.status.success(),
+                "tools/llama-backend failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let var = |k: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                    .unwrap_or_else(|| panic!("{k} missing in {text}"))
+                    .trim_matches('\'')
+                    .to_string()
+            };
+            (var("LLAMA_SERVER"), var("LLAMA_MODEL"))
+        })
+        .clone()
+}
+
+/// A JSON request; returns the reply.
+pub fn api(method: &str, port: u16, path: &str, body: Option<serde_json::Value>) -> Reply {
+    let b = body.map(|b| b.to_string()).unwrap_or_default();
+    let headers: &[(&str, &str)] = if b.is_empty() {
+        &[]
+    } else {
+        &[("Content-Type", "application/json")]
+    };
+    http(method, port, path, headers, b.as_bytes())
+        .unwrap_or_else(|e| panic!("{method} {path} on :{port}: {e}"))
+}

@@ -155,15 +155,23 @@ pub struct DaemonUnit {
     pub unit: String,
     pub port: u16,
     pub config: PathBuf,
+    /// The daemon's own state directory (inside the sandbox), one per test so that test
+    /// daemons never share instance specs.
+    pub state_dir: String,
 }
 
 impl DaemonUnit {
     pub fn install(test: &str, port: u16, config_toml: &str, extra: &str) -> DaemonUnit {
         let sb = sandbox();
-        let unit = format!("llamactl-it-{test}.service");
+        // Not `llamactl-*`: that pattern is the instances' (a daemon would adopt other tests').
+        let unit = format!("llamactld-it-{test}.service");
         let dir = super::scratch(test);
         let config = dir.join("config.toml");
-        super::write(&config, &format!("[server]\nport = {port}\n{config_toml}"));
+        let state_dir = format!("/var/lib/llamactl-it/{test}");
+        super::write(
+            &config,
+            &format!("[server]\nport = {port}\nstate_dir = \"{state_dir}\"\n{config_toml}"),
+        );
         let units = sb.root().join("run/systemd/system");
         std::fs::create_dir_all(units.join(format!("{unit}.d"))).unwrap();
         let shipped = std::fs::read_to_string(repo().join("units/llamactl.service")).unwrap();
@@ -171,17 +179,35 @@ impl DaemonUnit {
         super::write(
             &units.join(format!("{unit}.d/test.conf")),
             &format!(
-                "[Service]\nExecStart=\nExecStart={LLAMACTLD} --config {}\n{extra}\n",
+                "[Service]\nExecStart=\nExecStart={LLAMACTLD} --config {}\nStateDirectory=llamactl-it/{test}\n{extra}\n",
                 config.display()
             ),
         );
         sb.ok(&["systemctl", "daemon-reload"]);
+        let _ = std::fs::remove_dir_all(sb.root().join(state_dir.trim_start_matches('/')));
         DaemonUnit {
             sb,
             unit,
             port,
             config,
+            state_dir,
         }
+    }
+
+    /// Rewrites the config file, keeping the port and state directory.
+    pub fn rewrite_config(&self, config_toml: &str) {
+        super::write(
+            &self.config,
+            &format!(
+                "[server]\nport = {}\nstate_dir = \"{}\"\n{config_toml}",
+                self.port, self.state_dir
+            ),
+        );
+    }
+
+    /// The state directory as seen from the test (through the sandbox's root).
+    pub fn state_path(&self) -> PathBuf {
+        self.sb.root().join(self.state_dir.trim_start_matches('/'))
     }
 
     pub fn systemctl(&self, verb: &str) -> Output {
