@@ -187,7 +187,8 @@ fn restart_policy_then_failed_after_max_restarts() {
         "POST",
         d.port,
         "/api/v1/instances/crashy",
-        Some(fake_spec(json!({"max_restarts": 2, "restart_delay": 0}))),
+        Some(fake_spec(json!({"max_restarts": 2, "restart_delay": 0,
+            "memory_max": "256M", "cpu_quota": 50, "gpus": [0, 1]}))),
     );
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(
@@ -196,6 +197,17 @@ fn restart_policy_then_failed_after_max_restarts() {
     );
     let v = wait_state(&d, "crashy", "ready");
     let unit = "llamactl-crashy.service";
+    // Resource limits reach the unit.
+    assert_eq!(
+        unit_prop(d.sb, unit, "MemoryMax"),
+        (256u64 << 20).to_string()
+    );
+    assert_eq!(unit_prop(d.sb, unit, "CPUQuotaPerSecUSec"), "500ms");
+    let env = unit_prop(d.sb, unit, "Environment");
+    assert!(
+        env.contains("CUDA_VISIBLE_DEVICES=0,1") && env.contains("LLAMACTL_INSTANCE=crashy"),
+        "{env}"
+    );
     for n in 1..=2 {
         let pid = v["main_pid"].clone();
         d.sb.ok(&["systemctl", "kill", "--signal=SIGKILL", unit]);
@@ -570,6 +582,26 @@ fn cli_drives_the_lifecycle() {
     let (code, out, _) = cli(&["logs", "viacli", "-n", "20"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("fake_backend: listening on"), "{out}");
+    // Follow mode streams new lines as they come.
+    let mut child = Command::new(LLAMACTL)
+        .args(["--url", &url, "logs", "viacli", "-n", "1", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let _first = lines.next();
+    assert_eq!(get(d.port, "/api/v1/instances/viacli").status, 200);
+    let port = state(&d, "viacli")["port"].as_u64().unwrap() as u16;
+    assert_eq!(get(port, "/v1/models").status, 200);
+    let seen = lines
+        .map_while(Result::ok)
+        .find(|l| l.contains("fake_backend: GET /v1/models"));
+    assert!(
+        seen.is_some(),
+        "the followed log never showed the new request"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
     let (code, _, err) = cli(&["restart", "viacli", "--wait"]);
     assert_eq!(code, Some(0), "{err}");
     let (code, out, _) = cli(&["stop", "viacli"]);
