@@ -12,4 +12,5 @@ pub mod http;
 pub mod instance;
 pub mod logging;
 pub mod metrics;
+pub mod stats;
 pub mod systemd;

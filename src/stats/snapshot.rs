@@ -1,0 +1,236 @@
+//! One snapshot of everything `/metrics` reports about resources, taken at most once per
+//! concurrent burst of scrapes: a scrape that arrives while another is collecting waits for that
+//! collection and reuses it. Rates (CPU percent) are computed against the previous snapshot.
+
+use super::cgroup::{read_stats, CgroupStats};
+use super::gpu::{self, GpuDevice, GpuSource};
+use super::system::{read_system, SystemStats};
+use crate::config::MetricGroup;
+use crate::host::{CgroupLayout, HostPaths};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+/// What the supervisor knows about one instance, without any D-Bus call.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceInfo {
+    pub name: String,
+    pub state: &'static str,
+    /// Serving (health endpoint answered 200).
+    pub up: bool,
+    pub running: bool,
+    /// Unix seconds the unit became active.
+    pub start_time: Option<u64>,
+    pub restarts: u32,
+    /// Empty when the unit is not loaded.
+    pub control_group: String,
+}
+
+/// Where instance infos come from (the supervisor; a fixed list in tests).
+pub trait InstanceSource: Send + Sync {
+    fn instances(&self) -> Vec<InstanceInfo>;
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct InstanceSample {
+    pub info: InstanceInfo,
+    pub cgroup: Option<CgroupStats>,
+    pub cpu_percent: Option<f64>,
+    pub memory_percent: Option<f64>,
+    pub gpu_memory_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub finished: Instant,
+    pub groups: Vec<MetricGroup>,
+    pub instances: Vec<InstanceSample>,
+    pub system: SystemStats,
+    pub system_cpu_percent: Option<f64>,
+    pub gpus: Vec<GpuDevice>,
+}
+
+#[derive(Default)]
+struct Previous {
+    at: Option<Instant>,
+    /// cgroup path → CPU microseconds.
+    instance_cpu: HashMap<String, u64>,
+    /// Instance name → (last OOM-kill count read, kills carried from earlier cgroups). systemd
+    /// removes a service's cgroup when its processes are gone and makes a new one on restart,
+    /// which resets the kernel's counter; carrying keeps `oom_kills_total` a counter.
+    oom: HashMap<String, (u64, u64)>,
+    system_cpu: Option<(f64, f64)>,
+}
+
+pub struct Sampler {
+    paths: HostPaths,
+    layout: Option<CgroupLayout>,
+    instances: Option<Arc<dyn InstanceSource>>,
+    gpu: Box<dyn GpuSource>,
+    groups: RwLock<Vec<MetricGroup>>,
+    collecting: Mutex<Previous>,
+    last: Mutex<Option<Arc<Snapshot>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sampler {
+    pub fn new(
+        paths: HostPaths,
+        instances: Option<Arc<dyn InstanceSource>>,
+        gpu: Box<dyn GpuSource>,
+        groups: Vec<MetricGroup>,
+    ) -> Self {
+        let layout = crate::host::detect_layout(&paths).ok();
+        Self {
+            paths,
+            layout,
+            instances,
+            gpu,
+            groups: RwLock::new(groups),
+            collecting: Mutex::new(Previous::default()),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// `[monitoring] metrics` (applied again on reload).
+    pub fn set_groups(&self, groups: Vec<MetricGroup>) {
+        *self.groups.write().unwrap_or_else(|p| p.into_inner()) = groups;
+    }
+
+    pub fn groups(&self) -> Vec<MetricGroup> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A snapshot no older than this call.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        let asked = Instant::now();
+        let mut prev = lock(&self.collecting);
+        if let Some(s) = lock(&self.last).as_ref() {
+            if s.finished >= asked {
+                return s.clone();
+            }
+        }
+        let snap = Arc::new(self.collect(&mut prev));
+        *lock(&self.last) = Some(snap.clone());
+        snap
+    }
+
+    fn collect(&self, prev: &mut Previous) -> Snapshot {
+        let groups = self.groups();
+        let on = |g| groups.contains(&g);
+        let now = Instant::now();
+        let elapsed_us = prev.at.map(|t| now.duration_since(t).as_micros() as f64);
+        let system = if on(MetricGroup::SystemResources) || on(MetricGroup::InstanceStats) {
+            read_system(&self.paths)
+        } else {
+            SystemStats::default()
+        };
+        let system_cpu_percent = match (
+            prev.system_cpu,
+            system.cpu_busy_seconds,
+            system.cpu_total_seconds,
+        ) {
+            (Some((b0, t0)), Some(b1), Some(t1)) if t1 > t0 => Some((b1 - b0) / (t1 - t0) * 100.0),
+            _ => None,
+        };
+        if let (Some(b), Some(t)) = (system.cpu_busy_seconds, system.cpu_total_seconds) {
+            prev.system_cpu = Some((b, t));
+        }
+        let gpu_snap = if on(MetricGroup::Gpu) {
+            self.gpu.snapshot()
+        } else {
+            Default::default()
+        };
+        let mut instances = Vec::new();
+        let mut cpu_now = HashMap::new();
+        if on(MetricGroup::InstanceStats) {
+            let infos = self
+                .instances
+                .as_ref()
+                .map(|s| s.instances())
+                .unwrap_or_default();
+            let mut members: HashMap<String, HashSet<u32>> = HashMap::new();
+            for info in infos {
+                let cgroup = match (&self.layout, info.control_group.is_empty()) {
+                    (Some(l), false) => Some(read_stats(&self.paths, *l, &info.control_group)),
+                    _ => None,
+                };
+                let mut cgroup = cgroup;
+                if let Some(c) = cgroup.as_mut() {
+                    if let Some(raw) = c.oom_kills {
+                        let (last, carried) = prev.oom.entry(info.name.clone()).or_insert((0, 0));
+                        if raw < *last {
+                            *carried += *last;
+                        }
+                        *last = raw;
+                        c.oom_kills = Some(raw + *carried);
+                    }
+                }
+                let mut cpu_percent = None;
+                if let Some(usec) = cgroup.as_ref().and_then(|c| c.cpu_usec) {
+                    if let (Some(p), Some(dt)) =
+                        (prev.instance_cpu.get(&info.control_group), elapsed_us)
+                    {
+                        if usec >= *p && dt > 0.0 {
+                            cpu_percent = Some((usec - p) as f64 / dt * 100.0);
+                        }
+                    }
+                    cpu_now.insert(info.control_group.clone(), usec);
+                }
+                let memory_percent = cgroup.as_ref().and_then(|c| {
+                    let used = c.memory_bytes? as f64;
+                    let of = c.memory_limit_bytes.or(system.memory_total_bytes)? as f64;
+                    (of > 0.0).then(|| used / of * 100.0)
+                });
+                if !gpu_snap.processes.is_empty() && !info.control_group.is_empty() {
+                    members.insert(info.name.clone(), self.pids(&info.control_group));
+                }
+                instances.push(InstanceSample {
+                    info,
+                    cgroup,
+                    cpu_percent,
+                    memory_percent,
+                    gpu_memory_bytes: None,
+                });
+            }
+            let per = gpu::per_instance(&gpu_snap.processes, &members);
+            for i in &mut instances {
+                i.gpu_memory_bytes = per.get(&i.info.name).copied();
+            }
+        }
+        prev.instance_cpu = cpu_now;
+        prev.at = Some(now);
+        Snapshot {
+            finished: Instant::now(),
+            groups,
+            instances,
+            system,
+            system_cpu_percent,
+            gpus: gpu_snap.devices,
+        }
+    }
+
+    /// Pids in a cgroup (only read when some process uses a GPU).
+    fn pids(&self, cg: &str) -> HashSet<u32> {
+        let rel = cg.trim_start_matches('/');
+        let candidates = match self.layout {
+            Some(CgroupLayout::V2) => vec![format!("fs/cgroup/{rel}/cgroup.procs")],
+            _ => vec![
+                format!("fs/cgroup/unified/{rel}/cgroup.procs"),
+                format!("fs/cgroup/systemd/{rel}/cgroup.procs"),
+                format!("fs/cgroup/pids/{rel}/cgroup.procs"),
+            ],
+        };
+        candidates
+            .iter()
+            .find_map(|c| std::fs::read_to_string(self.paths.sys(c)).ok())
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+}
