@@ -16,10 +16,17 @@ use crate::host::HostPaths;
 
 pub mod build;
 pub mod process;
-pub mod system;
+pub mod resources;
 
 pub use self::process::ProcessCollector;
-pub use self::system::SystemCollector;
+pub use self::resources::ResourceCollector;
+
+use crate::config::MetricGroup;
+use crate::stats::gpu::NoGpu;
+use crate::stats::snapshot::Sampler;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use std::sync::Arc;
 
 /// Upper bounds for API latency, 0.5 ms to 10 s in a 1-2.5-5 progression. Local API calls are
 /// sub-millisecond; anything that touches systemd over D-Bus or proxies to a model server takes
@@ -98,39 +105,86 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: DurationFamily,
+    sampler: Arc<Sampler>,
+    seen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The API request families, left out of a scrape when `api_performance` is off.
+#[derive(Debug)]
+struct ApiCollector {
+    requests: Family<RequestLabels, Counter>,
+    durations: DurationFamily,
+    sampler: Arc<Sampler>,
+    /// Set by the first request: until then the families have no series and are left out.
+    seen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Collector for ApiCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if !self.seen.load(std::sync::atomic::Ordering::Relaxed)
+            || !self.sampler.groups().contains(&MetricGroup::ApiPerformance)
+        {
+            return Ok(());
+        }
+        let m = enc.encode_descriptor(
+            "api_requests",
+            "HTTP API requests handled, by method, route template and status code",
+            None,
+            self.requests.metric_type(),
+        )?;
+        self.requests.encode(m)?;
+        let m = enc.encode_descriptor(
+            "api_request_duration",
+            "Time to handle an HTTP API request, by method and route template",
+            Some(&Unit::Seconds),
+            self.durations.metric_type(),
+        )?;
+        self.durations.encode(m)
+    }
 }
 
 impl Metrics {
-    /// Builds the registry. `paths` is where the process and system collectors read procfs.
+    /// A registry without instances or GPUs (host and process metrics only).
     pub fn new(paths: HostPaths) -> Metrics {
+        let groups = crate::config::MonitoringConfig::default().metrics;
+        let sampler = Arc::new(Sampler::new(paths.clone(), None, Box::new(NoGpu), groups));
+        Self::with_sampler(paths, sampler)
+    }
+
+    /// Builds the registry. `paths` is where the process collector reads procfs; `sampler`
+    /// provides instance, host and GPU statistics and the enabled metric groups.
+    pub fn with_sampler(paths: HostPaths, sampler: Arc<Sampler>) -> Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let durations: DurationFamily =
             Family::new_with_constructor(new_duration_histogram as fn() -> Histogram);
 
         let mut registry = Registry::default();
         // Unprefixed: process_* are standard names shared by every exporter.
-        registry.register_collector(Box::new(ProcessCollector::new(paths.clone())));
+        registry.register_collector(Box::new(ProcessCollector::new(paths)));
 
         let llamactl = registry.sub_registry_with_prefix("llamactl");
         build::register(llamactl);
-        llamactl.register_collector(Box::new(SystemCollector::new(paths)));
-        llamactl.register(
-            "api_requests",
-            "HTTP API requests handled, by method, route template and status code",
-            requests.clone(),
-        );
-        llamactl.register_with_unit(
-            "api_request_duration",
-            "Time to handle an HTTP API request, by method and route template",
-            Unit::Seconds,
-            durations.clone(),
-        );
+        llamactl.register_collector(Box::new(ResourceCollector::new(sampler.clone())));
+        let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        llamactl.register_collector(Box::new(ApiCollector {
+            requests: requests.clone(),
+            durations: durations.clone(),
+            sampler: sampler.clone(),
+            seen: seen.clone(),
+        }));
 
         Metrics {
             registry,
             requests,
             durations,
+            sampler,
+            seen,
         }
+    }
+
+    /// The enabled `[monitoring] metrics` groups (re-applied on reload).
+    pub fn set_groups(&self, groups: Vec<MetricGroup>) {
+        self.sampler.set_groups(groups);
     }
 
     /// Records one handled API request.
@@ -145,6 +199,7 @@ impl Metrics {
                 status,
             })
             .inc();
+        self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
         // A NaN would poison the histogram's sum for the life of the process; a negative value
         // can only come from a clock mix-up. Count the request as instantaneous instead.
         let seconds = if seconds.is_finite() && seconds >= 0.0 {

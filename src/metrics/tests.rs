@@ -136,36 +136,41 @@ fn promtool_accepts_prometheus_output() {
     // Include the real process collector too, not only fixture values.
     let real = Metrics::new(HostPaths::default());
     real.observe_request("DELETE", "/v1/servers/{name}", 204, 0.03);
-    for (what, text) in [
-        ("fixture host", metrics.encode(Format::Prometheus).unwrap()),
-        ("real host", real.encode(Format::Prometheus).unwrap()),
+    for text in [
+        metrics.encode(Format::Prometheus).unwrap(),
+        real.encode(Format::Prometheus).unwrap(),
     ] {
-        let mut child = match Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(err) => panic!(
-                "cannot run `promtool` ({err}); this test needs it: install the `prometheus` \
-                 package (Debian/Ubuntu: `apt-get install prometheus`) or put promtool on PATH"
-            ),
-        };
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success() && stdout.is_empty() && stderr.is_empty(),
-            "promtool rejected the {what} exposition ({}):\nstdout: {stdout}\nstderr: {stderr}\ninput:\n{text}",
-            output.status
-        );
+        promtool_check(&text);
     }
+}
+
+/// Pipes an exposition through `promtool check metrics`; fails unless it exits 0 with no output.
+pub(crate) fn promtool_check(text: &str) {
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(err) => panic!(
+            "cannot run `promtool` ({err}); this test needs it: install the `prometheus` \
+             package (Debian/Ubuntu: `apt-get install prometheus`) or put promtool on PATH"
+        ),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.is_empty() && stderr.is_empty(),
+        "promtool rejected the exposition ({}):\nstdout: {stdout}\nstderr: {stderr}\ninput:\n{text}",
+        output.status
+    );
 }
