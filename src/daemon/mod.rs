@@ -11,6 +11,8 @@ use crate::instance::store::Store;
 use crate::instance::Supervisor;
 use crate::logging::{self, Logging};
 use crate::metrics::Metrics;
+use crate::stats::gpu;
+use crate::stats::snapshot::{InstanceSource, Sampler};
 use crate::systemd::{self, SystemdStatus};
 use anyhow::Context as _;
 use std::net::SocketAddr;
@@ -91,7 +93,6 @@ async fn serve(
     let listen = listener.local_addr().context("reading the bound address")?;
     info!(component = "http", address = %listen, "listening");
 
-    let metrics = Arc::new(Metrics::new(host.clone()));
     let store = Store::open(&state_dir).context("opening the instance store")?;
     let instances = Supervisor::open(
         store,
@@ -102,6 +103,14 @@ async fn serve(
         monitor.connection.clone(),
     )?;
     instances.spawn_background(shutdown_rx.clone());
+    let source: Arc<dyn InstanceSource> = instances.clone();
+    let sampler = Arc::new(Sampler::new(
+        host.clone(),
+        Some(source),
+        gpu::detect(),
+        cfg.monitoring.metrics.clone(),
+    ));
+    let metrics = Arc::new(Metrics::with_sampler(host.clone(), sampler));
     let state = Arc::new(AppState::new(
         loaded,
         monitor.clone(),

@@ -56,6 +56,9 @@ impl Daemon {
                 {
                     warn!(component = "config", error = %e, "could not apply the new log level");
                 }
+                self.state
+                    .metrics
+                    .set_groups(new.config.monitoring.metrics.clone());
                 let restart = restart_only_changes(&old.config, &new.config);
                 if !restart.is_empty() {
                     warn!(

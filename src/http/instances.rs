@@ -36,6 +36,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/instances/{name}/logs", get(logs_handler))
         .route("/api/v1/instances/{name}/health", get(health))
         .route("/api/instances/{name}/health", get(health))
+        .route("/api/v1/sd/prometheus", get(sd))
 }
 
 impl From<OpError> for ApiError {
@@ -112,6 +113,11 @@ async fn restart(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     valid(&name)?;
     Ok(Json(s.instances.restart(&name).await?))
+}
+
+/// `GET /api/v1/sd/prometheus`: Prometheus `http_sd_configs` target list.
+async fn sd(State(s): S) -> Json<serde_json::Value> {
+    Json(json!(s.instances.sd_targets()))
 }
 
 /// `GET /api/instances/{name}/health`: 200 when ready, 503 otherwise (with the state), 404 for

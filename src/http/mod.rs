@@ -76,7 +76,12 @@ async fn metrics(
     }
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::from_accept(accept);
-    match state.metrics.encode(format) {
+    // Reading cgroup and procfs files is blocking I/O: keep it off the async workers.
+    let m = state.metrics.clone();
+    let encoded = tokio::task::spawn_blocking(move || m.encode(format))
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("metrics task failed: {e}")));
+    match encoded {
         Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
         Err(e) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -34,6 +34,18 @@ impl State {
         }
     }
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Loading => "loading",
+            State::Ready => "ready",
+            State::Restarting => "restarting",
+            State::Stopping => "stopping",
+            State::Failed => "failed",
+        }
+    }
+
     /// The unit is up or on its way up: a second start is a conflict.
     pub fn is_running(self) -> bool {
         matches!(

@@ -257,8 +257,10 @@ impl InstanceOptions {
             }
             BackendType::Command => {
                 for k in bo.keys() {
-                    if !["command", "port", "host", "health_path"].contains(&k.as_str()) {
-                        return Err(format!("backend_options.{k}: not an option of the command backend (command, port, host, health_path)"));
+                    if !["command", "port", "host", "health_path", "metrics_path"]
+                        .contains(&k.as_str())
+                    {
+                        return Err(format!("backend_options.{k}: not an option of the command backend (command, port, host, health_path, metrics_path)"));
                     }
                 }
                 let argv = bo.get("command").and_then(Value::as_array);
@@ -344,6 +346,21 @@ impl InstanceOptions {
             .unwrap_or("127.0.0.1")
     }
 
+    /// Where the backend serves Prometheus metrics, if it does: llama-server (`--metrics`, on by
+    /// default) and vLLM at `/metrics`; a command backend when its spec names `metrics_path`.
+    pub fn metrics_path(&self) -> Option<&str> {
+        match self.backend_type {
+            BackendType::LlamaCpp => (self.backend_options.get("metrics")
+                != Some(&Value::Bool(false)))
+            .then_some("/metrics"),
+            BackendType::Vllm => Some("/metrics"),
+            BackendType::Command => self
+                .backend_options
+                .get("metrics_path")
+                .and_then(Value::as_str),
+        }
+    }
+
     /// Where readiness is probed.
     pub fn health_path(&self) -> &str {
         self.backend_options
@@ -403,10 +420,15 @@ pub fn command_line(o: &InstanceOptions, backends: &BackendsConfig) -> Vec<Strin
             let mut argv = vec![b.command_or("llama-server").to_string()];
             argv.extend(b.args.iter().cloned());
             argv.extend(["--host".into(), host, "--port".into(), port]);
+            // llama-server's own /metrics (llamacpp:* series) is on unless the spec says
+            // `metrics: false`: Prometheus discovers it through /api/v1/sd/prometheus.
+            if o.backend_options.get("metrics") != Some(&Value::Bool(false)) {
+                argv.push("--metrics".into());
+            }
             push_flags(
                 &mut argv,
                 &o.backend_options,
-                &["host", "port", "extra_args"],
+                &["host", "port", "extra_args", "metrics"],
             );
             extra(&mut argv);
             argv

@@ -186,6 +186,34 @@ impl Supervisor {
         Ok((e.state(), Self::view(e)))
     }
 
+    /// Prometheus HTTP service discovery: one target group per running instance whose backend
+    /// serves metrics, labelled so its series join ours on `instance_name`.
+    pub fn sd_targets(&self) -> Vec<Value> {
+        self.table()
+            .instances
+            .values()
+            .filter(|e| e.state().is_running())
+            .filter_map(|e| {
+                let o = &e.spec.options;
+                let path = o.metrics_path()?;
+                let host = match o.host() {
+                    "0.0.0.0" | "localhost" => "127.0.0.1".to_string(),
+                    "::" => "[::1]".to_string(),
+                    h if h.contains(':') => format!("[{h}]"),
+                    h => h.to_string(),
+                };
+                Some(json!({
+                    "targets": [format!("{host}:{}", o.port()?)],
+                    "labels": {
+                        "instance_name": e.spec.name,
+                        "backend_type": o.backend_type,
+                        "__metrics_path__": path,
+                    }
+                }))
+            })
+            .collect()
+    }
+
     pub fn corrupt(&self) -> Vec<Corrupt> {
         self.table().corrupt.clone()
     }
@@ -519,4 +547,27 @@ pub fn port_free(host: &str, port: u16) -> bool {
         host
     };
     std::net::TcpListener::bind((host, port)).is_ok()
+}
+
+impl crate::stats::snapshot::InstanceSource for Supervisor {
+    /// For `/metrics`: what the table knows, without any D-Bus call.
+    fn instances(&self) -> Vec<crate::stats::snapshot::InstanceInfo> {
+        self.table()
+            .instances
+            .values()
+            .map(|e| {
+                let state = e.state();
+                crate::stats::snapshot::InstanceInfo {
+                    name: e.spec.name.clone(),
+                    state: state.as_str(),
+                    up: state == State::Ready,
+                    running: state.is_running(),
+                    start_time: (e.unit.active_enter_timestamp != 0)
+                        .then_some(e.unit.active_enter_timestamp / 1_000_000),
+                    restarts: e.unit.n_restarts,
+                    control_group: e.unit.control_group.clone(),
+                }
+            })
+            .collect()
+    }
 }

@@ -61,6 +61,7 @@ fn llama_options_map_to_flags_with_defaults_filled() {
             "127.0.0.1",
             "--port",
             "8123",
+            "--metrics",
             "--ctx-size",
             "2048",
             "--flash-attn",
@@ -107,6 +108,13 @@ fn vllm_and_command() {
         ["/bin/srv", "--listen", "127.0.0.1:9001"]
     );
     assert_eq!(o.health_path(), "/ready");
+    assert_eq!(o.metrics_path(), None);
+    let o = opts(
+        json!({"backend_type": "llama_cpp", "backend_options": {"model": "/m", "metrics": false}}),
+    )
+    .unwrap();
+    assert_eq!(o.metrics_path(), None);
+    assert!(!command_line(&o, &BackendsConfig::default()).contains(&"--metrics".to_string()));
 }
 
 #[test]
