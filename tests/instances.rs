@@ -144,6 +144,9 @@ fn llama_server_instance_lifecycle() {
     ]);
     assert!(by_field.contains("listening"), "{by_field}");
 
+    // A real Prometheus finds the instance through service discovery and scrapes both.
+    prometheus_scrapes_llamactl_and_the_instance(d.port, port);
+
     // The logs endpoint returns the backend's own lines, with time and priority.
     let logs = get(d.port, "/api/v1/instances/smol/logs?lines=200");
     assert_eq!(logs.status, 200);
@@ -625,4 +628,84 @@ fn cli_drives_the_lifecycle() {
     assert!(out.contains("\"max_restarts\":0"), "{out}");
     let (code, _, _) = cli(&["delete", "fromfile"]);
     assert_eq!(code, Some(0));
+}
+
+/// Runs Prometheus with the shipped example config pointed at this daemon, and waits until it
+/// has scraped llamactl's series and, through `/api/v1/sd/prometheus`, llama-server's own.
+fn prometheus_scrapes_llamactl_and_the_instance(daemon_port: u16, backend_port: u16) {
+    let sd = get(daemon_port, "/api/v1/sd/prometheus").json();
+    assert_eq!(
+        sd[0]["targets"],
+        json!([format!("127.0.0.1:{backend_port}")]),
+        "{sd}"
+    );
+    assert_eq!(sd[0]["labels"]["instance_name"], "smol");
+    let dir = crate::util::scratch("prometheus");
+    let example =
+        std::fs::read_to_string(crate::util::repo().join("packaging/prometheus/prometheus.yml"))
+            .unwrap();
+    let config = example
+        .replace("localhost:8080", &format!("127.0.0.1:{daemon_port}"))
+        .replace("scrape_interval: 15s", "scrape_interval: 1s")
+        .replace("refresh_interval: 30s", "refresh_interval: 1s")
+        .replace(
+            "  - alerts.yml",
+            &format!(
+                "  - {}",
+                crate::util::repo()
+                    .join("packaging/prometheus/alerts.yml")
+                    .display()
+            ),
+        );
+    crate::util::write(&dir.join("prometheus.yml"), &config);
+    let web = free_port();
+    let mut prom = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus not found: install the Debian package `prometheus` (see .ci/run)");
+    let query = |q: &str| -> Value {
+        let path = format!(
+            "/api/v1/query?query={}",
+            q.replace(' ', "%20")
+                .replace('{', "%7B")
+                .replace('}', "%7D")
+                .replace('"', "%22")
+                .replace('=', "%3D")
+                .replace(':', "%3A")
+        );
+        http("GET", web, &path, &[], b"")
+            .map(|r| r.json())
+            .unwrap_or(Value::Null)
+    };
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(
+            "Prometheus to scrape both jobs",
+            Duration::from_secs(60),
+            || {
+                let ours = query("llamactl_instance_memory_bytes{instance_name=\"smol\"}");
+                let theirs = query("llamacpp:prompt_tokens_total{instance_name=\"smol\",backend_type=\"llama_cpp\"}");
+                let has = |v: &Value| {
+                    v["data"]["result"]
+                        .as_array()
+                        .is_some_and(|a| !a.is_empty())
+                };
+                (has(&ours) && has(&theirs)).then_some(())
+            },
+        )
+    }));
+    let _ = prom.kill();
+    let _ = prom.wait();
+    if let Err(e) = found {
+        std::panic::resume_unwind(e);
+    }
 }

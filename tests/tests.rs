@@ -7,4 +7,5 @@ mod cli;
 mod direct;
 mod instances;
 mod packaging;
+mod resources;
 mod unit;

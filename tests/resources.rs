@@ -1,0 +1,283 @@
+//! Per-instance resource metrics against real units: the numbers in /metrics are the cgroup's.
+
+use crate::util::sandbox::DaemonUnit;
+use crate::util::{api, fake_backend, free_port, get, promtool_check, wait_for};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn daemon(test: &str) -> DaemonUnit {
+    let port = free_port();
+    let lo = 40000 + (port % 200) * 100;
+    let d = DaemonUnit::install(
+        test,
+        port,
+        &format!("[instances]\nport_range = [{lo}, {}]\n[monitoring]\nmetrics = [\"instance_stats\", \"api_performance\", \"system_resources\", \"gpu\"]\n", lo + 99),
+        "",
+    );
+    d.start();
+    d
+}
+
+fn command(argv: &[&str], extra: Value) -> Value {
+    let mut v = json!({"backend_type": "command", "backend_options": {"command": argv}, "auto_restart": false});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+fn create_start(d: &DaemonUnit, name: &str, spec: Value) {
+    let r = api(
+        "POST",
+        d.port,
+        &format!("/api/v1/instances/{name}"),
+        Some(spec),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = api(
+        "POST",
+        d.port,
+        &format!("/api/v1/instances/{name}/start"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// The value of one series in a scrape.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn cgroup_file(d: &DaemonUnit, controller: &str, name: &str, file: &str) -> u64 {
+    let p = d.sb.root().join(format!(
+        "sys/fs/cgroup/{controller}/llamactl.slice/llamactl-{name}.service/{file}"
+    ));
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+const HOG: &str = "b = bytearray(64 << 20)\nfor i in range(0, len(b), 4096):\n    b[i] = 1\nwhile True:\n    pass\n";
+
+#[test]
+fn memory_and_cpu_match_the_cgroup_files() {
+    unit_test!();
+    assert!(
+        crate::util::sandbox::sandbox().is_private(),
+        "cgroup paths below assume the sandbox's hybrid layout"
+    );
+    let d = daemon("res-hog");
+    create_start(
+        &d,
+        "hog",
+        command(&["/usr/bin/python3", "-c", HOG], json!({})),
+    );
+    // Wait until the 64 MiB are touched.
+    wait_for("64 MiB allocated", Duration::from_secs(30), || {
+        (cgroup_file(&d, "memory", "hog", "memory.usage_in_bytes") >= 64 << 20).then_some(())
+    });
+    let _ = get(d.port, "/metrics");
+    std::thread::sleep(Duration::from_secs(2));
+    let m = get(d.port, "/metrics").body;
+    let mem_file = cgroup_file(&d, "memory", "hog", "memory.usage_in_bytes") as f64;
+    let cpu_file = cgroup_file(&d, "cpuacct", "hog", "cpuacct.usage") as f64 / 1e9;
+    let mem =
+        sample(&m, "llamactl_instance_memory_bytes{instance_name=\"hog\"}").expect("memory series");
+    let cpu = sample(
+        &m,
+        "llamactl_instance_cpu_seconds_total{instance_name=\"hog\"}",
+    )
+    .expect("cpu series");
+    let pct =
+        sample(&m, "llamactl_instance_cpu_percent{instance_name=\"hog\"}").expect("cpu percent");
+    assert!(mem >= (64u64 << 20) as f64, "{mem}");
+    assert!(
+        (mem - mem_file).abs() / mem_file < 0.05,
+        "metric {mem} vs file {mem_file}"
+    );
+    assert!(
+        cpu > 0.5 && cpu <= cpu_file && cpu_file - cpu < 1.0,
+        "metric {cpu} s vs file {cpu_file} s"
+    );
+    // A busy loop: about one CPU (less when the machine is loaded by other tests).
+    assert!(pct > 25.0 && pct < 110.0, "cpu percent {pct}");
+    let host = sample(&m, "llamactl_system_memory_total_bytes").unwrap();
+    let mpct = sample(
+        &m,
+        "llamactl_instance_memory_percent{instance_name=\"hog\"}",
+    )
+    .unwrap();
+    assert!((mpct - mem / host * 100.0).abs() < 0.5, "{mpct}");
+    assert!(sample(&m, "llamactl_instance_tasks{instance_name=\"hog\"}").unwrap() >= 1.0);
+    assert!(m.contains("llamactl_system_cpu_percent "), "{m}");
+    // No NVIDIA driver here: no GPU series, and no error.
+    assert!(!m.contains("llamactl_gpu_"), "{m}");
+    promtool_check(&m);
+    assert_eq!(
+        api("DELETE", d.port, "/api/v1/instances/hog", None).status,
+        204
+    );
+}
+
+#[test]
+fn memory_max_overrun_counts_an_oom_kill() {
+    unit_test!();
+    let d = daemon("res-oom");
+    // The shell survives its child's OOM kill, so the cgroup (and its counter) stays.
+    let script = "/usr/bin/python3 -c 'b = bytearray(256 << 20); b[::4096] = bytes(len(b) // 4096)'; exec sleep 600";
+    create_start(
+        &d,
+        "oomy",
+        command(&["/bin/sh", "-c", script], json!({"memory_max": "48M"})),
+    );
+    let m = wait_for("an OOM kill in /metrics", Duration::from_secs(60), || {
+        let m = get(d.port, "/metrics").body;
+        sample(
+            &m,
+            "llamactl_instance_oom_kills_total{instance_name=\"oomy\"}",
+        )
+        .filter(|v| *v >= 1.0)
+        .map(|_| m)
+    });
+    assert_eq!(
+        sample(
+            &m,
+            "llamactl_instance_memory_limit_bytes{instance_name=\"oomy\"}"
+        ),
+        Some((48u64 << 20) as f64)
+    );
+    assert_eq!(
+        api("DELETE", d.port, "/api/v1/instances/oomy", None).status,
+        204
+    );
+}
+
+#[test]
+fn a_scrape_with_instances_in_every_state_passes_promtool() {
+    unit_test!();
+    let d = daemon("res-states");
+    let fake = fake_backend().display().to_string();
+    create_start(
+        &d,
+        "s-ready",
+        command(
+            &[&fake, "--port", "{port}"],
+            json!({"backend_options": {"command": [&fake, "--port", "{port}"], "metrics_path": "/metrics"}}),
+        ),
+    );
+    create_start(
+        &d,
+        "s-loading",
+        command(
+            &[&fake, "--port", "{port}", "--ready-after", "600000"],
+            json!({}),
+        ),
+    );
+    create_start(&d, "s-failed", command(&["/bin/false"], json!({})));
+    create_start(
+        &d,
+        "s-restarting",
+        command(
+            &[&fake, "--port", "{port}", "--fail-after", "300"],
+            json!({"auto_restart": true, "max_restarts": 5, "restart_delay": 120}),
+        ),
+    );
+    assert_eq!(
+        api(
+            "POST",
+            d.port,
+            "/api/v1/instances/s-stopped",
+            Some(command(&["/bin/true"], json!({})))
+        )
+        .status,
+        201
+    );
+    let want = [
+        ("s-ready", "ready"),
+        ("s-loading", "loading"),
+        ("s-failed", "failed"),
+        ("s-restarting", "restarting"),
+        ("s-stopped", "stopped"),
+    ];
+    for (name, state) in want {
+        wait_for(&format!("{name} {state}"), Duration::from_secs(30), || {
+            (get(d.port, &format!("/api/v1/instances/{name}")).json()["state"] == state)
+                .then_some(())
+        });
+    }
+    let m = get(d.port, "/metrics").body;
+    promtool_check(&m);
+    assert_eq!(sample(&m, "llamactl_instances_total"), Some(5.0));
+    assert_eq!(
+        sample(&m, "llamactl_instances_running"),
+        Some(3.0),
+        "ready, loading and restarting"
+    );
+    for (name, state) in want {
+        assert_eq!(
+            sample(
+                &m,
+                &format!("llamactl_instance_state{{instance_name=\"{name}\",state=\"{state}\"}}")
+            ),
+            Some(1.0),
+            "{name}"
+        );
+        let up = if state == "ready" { 1.0 } else { 0.0 };
+        assert_eq!(
+            sample(
+                &m,
+                &format!("llamactl_instance_up{{instance_name=\"{name}\"}}")
+            ),
+            Some(up),
+            "{name}"
+        );
+    }
+    assert!(
+        sample(
+            &m,
+            "llamactl_instance_start_time_seconds{instance_name=\"s-ready\"}"
+        )
+        .unwrap()
+            > 1.7e9
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "llamactl_instance_memory_bytes{instance_name=\"s-stopped\"}"
+        ),
+        None,
+        "absent, not zero"
+    );
+
+    // Service discovery lists running instances whose backend serves metrics.
+    let sd = get(d.port, "/api/v1/sd/prometheus").json();
+    let groups = sd.as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{sd}");
+    let port = get(d.port, "/api/v1/instances/s-ready").json()["port"].clone();
+    assert_eq!(groups[0]["targets"], json!([format!("127.0.0.1:{port}")]));
+    assert_eq!(
+        groups[0]["labels"],
+        json!({"instance_name": "s-ready", "backend_type": "command", "__metrics_path__": "/metrics"})
+    );
+
+    // Groups are switched by [monitoring] metrics, on reload.
+    d.rewrite_config("[monitoring]\nmetrics = [\"system_resources\"]\n");
+    d.sb.ok(&["systemctl", "reload", &d.unit]);
+    wait_for("instance metrics off", Duration::from_secs(10), || {
+        let m = get(d.port, "/metrics").body;
+        (!m.contains("llamactl_instance_")
+            && !m.contains("llamactl_api_requests_total")
+            && m.contains("llamactl_system_memory_total_bytes"))
+        .then_some(())
+    });
+    for (name, _) in want {
+        assert_eq!(
+            api("DELETE", d.port, &format!("/api/v1/instances/{name}"), None).status,
+            204
+        );
+    }
+}
