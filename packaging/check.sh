@@ -140,5 +140,246 @@ inputs() {
 }
 check "every file the packages install from the tree exists (unit, config, man pages, README, examples)" inputs
 
+# --- Grafana dashboard --------------------------------------------------------
+# These checks need python3 (and promtool for the PromQL one).
+DASHBOARD=packaging/grafana/llamactl-dashboard.json
+
+# grafana_py MODE: the dashboard checks that need to read the JSON. MODE is
+#   structure  inputs, requires, variables, unique ids, datasources, 2-space layout
+#   rules      print a rules file with one recording rule per PromQL expression
+#   names      every llamactl_*/process_* name is one llamactld exposes
+#   filters    every llamactl_*/process_* selector has job=~"$job", every
+#              per-instance one (llamactl_instance_*, llamacpp:*) instance_name=~"$instance_name"
+grafana_py() {
+    python3 - "$1" "$DASHBOARD" <<'PY'
+import json, re, sys
+
+mode, path = sys.argv[1], sys.argv[2]
+try:
+    text = open(path, encoding="utf-8").read()
+    d = json.loads(text)
+except (OSError, ValueError) as e:
+    sys.exit("%s: %s" % (path, e))
+errors = []
+
+def all_panels(panels):
+    for p in panels:
+        yield p
+        yield from all_panels(p.get("panels", []))  # rows, collapsed or not
+
+panels = list(all_panels(d.get("panels", [])))
+
+def exprs():
+    """(where, expr) of every Prometheus query: panel targets and annotations."""
+    for p in panels:
+        for t in p.get("targets", []):
+            if "expr" in t:
+                yield "panel %s %r target %s" % (p.get("id"), p.get("title"), t.get("refId")), t["expr"]
+    for a in d.get("annotations", {}).get("list", []):
+        if "expr" in a:
+            yield "annotation %r" % a.get("name"), a["expr"]
+
+def var_queries():
+    for v in d.get("templating", {}).get("list", []):
+        if v.get("type") == "query":
+            q = v.get("query")
+            yield "variable %s" % v.get("name"), q.get("query", "") if isinstance(q, dict) else q
+
+# Grafana variables -> concrete values promtool can parse.
+DURATIONS = {"__rate_interval", "__interval", "__range", "__auto_interval"}
+NUMBERS = {"__range_s": "3600", "__range_ms": "3600000", "__interval_ms": "60000"}
+def concrete(expr):
+    def sub(m):
+        name = m.group(1) or m.group(2) or m.group(3)
+        if name in DURATIONS or name.startswith("__auto_interval"):
+            return "5m"
+        return NUMBERS.get(name, "check")
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]", sub, expr)
+
+STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+NAME = re.compile(r"(?<![\w:])[a-zA-Z_:][\w:]*")
+
+if mode == "structure":
+    if text != json.dumps(d, indent=2) + "\n":
+        errors.append("not laid out as json.dumps(indent=2) + newline (python3 -m json.tool --indent 2)")
+    if d.get("schemaVersion") != 39:
+        errors.append("schemaVersion is %r, expected 39" % d.get("schemaVersion"))
+    inputs = {i.get("name"): i for i in d.get("__inputs", [])}
+    i = inputs.get("DS_PROMETHEUS", {})
+    if (i.get("type"), i.get("pluginId")) != ("datasource", "prometheus"):
+        errors.append("__inputs lacks DS_PROMETHEUS (type datasource, pluginId prometheus)")
+    req = {(r.get("type"), r.get("id")) for r in d.get("__requires", [])}
+    for need in [("grafana", "grafana"), ("datasource", "prometheus")] + \
+            [("panel", p["type"]) for p in panels if p.get("type") != "row"]:
+        if need not in req:
+            errors.append("__requires lacks %s %s" % need)
+    var = {v.get("name"): v for v in d.get("templating", {}).get("list", [])}
+    v = var.get("datasource", {})
+    if (v.get("type"), v.get("query")) != ("datasource", "prometheus"):
+        errors.append("variable datasource: want type datasource, query prometheus")
+    def query_of(v):
+        q = v.get("query")
+        return re.sub(r"\s+", "", q.get("query", "") if isinstance(q, dict) else q or "")
+    v = var.get("job", {})
+    if v.get("type") != "query" or query_of(v) != "label_values(llamactl_build_info,job)":
+        errors.append("variable job: want query label_values(llamactl_build_info, job)")
+    v = var.get("instance_name", {})
+    if v.get("type") != "query" or not re.fullmatch(r"label_values\(llamactl_instance_up(\{[^}]*\})?,instance_name\)", query_of(v)) \
+            or not v.get("multi") or not v.get("includeAll"):
+        errors.append("variable instance_name: want label_values(llamactl_instance_up, instance_name), multi, includeAll")
+    OK_UIDS = {"${datasource}", "${DS_PROMETHEUS}"}
+    def ds_ok(ds):
+        return isinstance(ds, dict) and ds.get("type") == "prometheus" and ds.get("uid") in OK_UIDS
+    for name in ("job", "instance_name"):
+        if name in var and not ds_ok(var[name].get("datasource")):
+            errors.append("variable %s: datasource is not ${datasource}" % name)
+    ids = [p.get("id") for p in panels]
+    dups = sorted({i for i in ids if ids.count(i) > 1 or not isinstance(i, int)}, key=str)
+    if dups:
+        errors.append("panel ids not unique integers: %s" % dups)
+    for p in panels:
+        if p.get("type") == "row":
+            continue  # rows hold no queries
+        where = "panel %s %r" % (p.get("id"), p.get("title"))
+        if not ds_ok(p.get("datasource")):
+            errors.append("%s: datasource %r is not ${datasource}/${DS_PROMETHEUS}" % (where, p.get("datasource")))
+        if not p.get("targets"):
+            errors.append("%s: no queries" % where)
+        for t in p.get("targets", []):
+            if not ds_ok(t.get("datasource")):
+                errors.append("%s target %s: datasource is not ${datasource}" % (where, t.get("refId")))
+        if not p.get("description"):
+            errors.append("%s: no description" % where)
+    for a in d.get("annotations", {}).get("list", []):
+        if "expr" in a and not ds_ok(a.get("datasource")):
+            errors.append("annotation %r: datasource is not ${datasource}" % a.get("name"))
+
+elif mode == "rules":
+    print("# generated by packaging/check.sh from %s" % path)
+    print("groups:\n  - name: dashboard\n    rules:")
+    n = 0
+    for n, (where, expr) in enumerate(exprs(), 1):
+        print("      # %s" % where)
+        print("      - record: dashboard:check_%d" % n)
+        print("        expr: %s" % json.dumps(concrete(expr)))  # a JSON string is a YAML string
+    if n < 1:
+        errors.append("no expressions found")
+
+elif mode == "names":
+    # What llamactld can expose (README.md "Metrics"; src/metrics/{mod,build,resources,process}.rs
+    # register these without the llamactl_ prefix, and the encoder appends the unit, then _total
+    # for counters and _info for info metrics). Keep in step with those files.
+    EXPOSED = {
+        "llamactl_build_info",
+        "llamactl_api_requests_total",
+        "llamactl_api_request_duration_seconds_bucket",
+        "llamactl_api_request_duration_seconds_sum",
+        "llamactl_api_request_duration_seconds_count",
+        "llamactl_instances_total",
+        "llamactl_instances_running",
+        "llamactl_instance_up",
+        "llamactl_instance_state",
+        "llamactl_instance_start_time_seconds",
+        "llamactl_instance_restarts_total",
+        "llamactl_instance_memory_bytes",
+        "llamactl_instance_memory_percent",
+        "llamactl_instance_memory_limit_bytes",
+        "llamactl_instance_cpu_seconds_total",
+        "llamactl_instance_cpu_percent",
+        "llamactl_instance_io_read_bytes_total",
+        "llamactl_instance_io_write_bytes_total",
+        "llamactl_instance_tasks",
+        "llamactl_instance_oom_kills_total",
+        "llamactl_instance_pressure_cpu_seconds_total",
+        "llamactl_instance_pressure_memory_seconds_total",
+        "llamactl_instance_pressure_io_seconds_total",
+        "llamactl_instance_gpu_memory_bytes",
+        "llamactl_system_memory_total_bytes",
+        "llamactl_system_memory_available_bytes",
+        "llamactl_system_cpu_percent",
+        "llamactl_system_cpus",
+        "llamactl_system_cpu_busy_seconds_total",
+        "llamactl_system_load",
+        "llamactl_system_disk_read_bytes_total",
+        "llamactl_system_disk_written_bytes_total",
+        "llamactl_system_network_receive_bytes_total",
+        "llamactl_system_network_transmit_bytes_total",
+        "llamactl_gpu_utilization_percent",
+        "llamactl_gpu_memory_used_bytes",
+        "llamactl_gpu_memory_total_bytes",
+        "llamactl_gpu_temperature_celsius",
+        "llamactl_gpu_power_watts",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_max_fds",
+        "process_virtual_memory_bytes",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_threads",
+    }
+    # Not exposed yet: they come with the OpenAI-compatible proxy.
+    WITH_PROXY = {"llamactl_instance_tokens_total", "llamactl_instance_tokens_per_second"}
+    used = set()
+    for where, expr in list(exprs()) + list(var_queries()):
+        for name in NAME.findall(STRINGS.sub('""', expr)):
+            if name.startswith(("llamactl_", "process_")):
+                used.add(name)
+                if name not in EXPOSED | WITH_PROXY:
+                    errors.append("%s: %s is not a metric llamactld exposes" % (where, name))
+    if not used:
+        errors.append("no llamactl_/process_ names found")
+
+elif mode == "filters":
+    SELECTOR = re.compile(r"(?<![\w:])((?:llamactl_|process_|llamacpp:)[\w:]*)\s*(\{[^}]*\})?")
+    for where, expr in exprs():
+        # Label values are part of the matchers, so this reads the text as it is (a value
+        # containing "}" would cut a selector short: none does).
+        for m in SELECTOR.finditer(expr):
+            name, matchers = m.group(1), m.group(2) or ""
+            if name.startswith(("llamactl_", "process_")) and 'job=~"$job"' not in matchers:
+                errors.append('%s: %s lacks job=~"$job"' % (where, name))
+            if name.startswith(("llamactl_instance_", "llamacpp:")) and 'instance_name=~"$instance_name"' not in matchers:
+                errors.append('%s: %s lacks instance_name=~"$instance_name"' % (where, name))
+
+for e in errors:
+    print(e)
+sys.exit(1 if errors else 0)
+PY
+}
+
+grafana_structure() {
+    python3 -m json.tool "$DASHBOARD" >/dev/null || return 1
+    grafana_py structure
+}
+
+grafana_promql() {
+    local rules rc=0
+    rules=$(mktemp --suffix=.yml) || return 1
+    grafana_py rules >"$rules" || rc=1
+    if [ "$rc" -eq 0 ]; then
+        "$PROMTOOL" check rules "$rules" || { rc=1; echo "rules file:"; cat -n "$rules"; }
+    fi
+    rm -f "$rules"
+    return $rc
+}
+
+if command -v python3 >/dev/null 2>&1; then
+    check "$DASHBOARD: JSON parses, 2-space layout; __inputs DS_PROMETHEUS, __requires, variables datasource/job/instance_name; unique panel ids; every panel on \${datasource}" \
+        grafana_structure
+    if command -v "$PROMTOOL" >/dev/null 2>&1; then
+        check "$DASHBOARD: every PromQL expression parses (promtool check rules, one recording rule each)" \
+            grafana_promql
+    else
+        skip "$DASHBOARD: PromQL expressions (promtool not found)"
+    fi
+    check "$DASHBOARD: every llamactl_*/process_* metric is one llamactld exposes (or comes with the proxy)" \
+        grafana_py names
+    check "$DASHBOARD: every llamactl_*/process_* selector filters job=~\"\$job\"; per-instance ones instance_name=~\"\$instance_name\"" \
+        grafana_py filters
+else
+    printf 'FAIL  python3 not found: the %s checks need it\n' "$DASHBOARD"
+    failed=$((failed + 1))
+fi
+
 printf '\npackaging: %d passed, %d failed, %d skipped\n' "$passed" "$failed" "$skipped"
 [ "$failed" -eq 0 ]
