@@ -21,6 +21,7 @@ pub struct Config {
     pub systemd: SystemdConfig,
     pub instances: InstancesConfig,
     pub backends: BackendsConfig,
+    pub proxy: ProxyConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -337,6 +338,9 @@ pub struct InstancesConfig {
     pub stop_timeout: HumanDuration,
     /// How often running backends' health endpoints are probed.
     pub health_check_interval: HumanDuration,
+    /// At most this many instances run at once (0 = no limit). Starting one more stops the least
+    /// recently used instance that has no request in flight.
+    pub max_running: u32,
 }
 
 impl Default for InstancesConfig {
@@ -351,6 +355,7 @@ impl Default for InstancesConfig {
             job_timeout: HumanDuration::secs(60),
             stop_timeout: HumanDuration::secs(30),
             health_check_interval: HumanDuration::secs(2),
+            max_running: 0,
         }
     }
 }
@@ -378,5 +383,28 @@ pub struct BackendCommand {
 impl BackendCommand {
     pub fn command_or<'a>(&'a self, default: &'a str) -> &'a str {
         self.command.as_deref().unwrap_or(default)
+    }
+}
+
+/// The OpenAI-compatible proxy (`/v1/...`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Largest request body the proxy accepts (prompts can be long); 413 above it.
+    pub max_body_bytes: u64,
+    /// How long a request waits for an on-demand start (or a free slot under `max_running`)
+    /// before it gets 503 with `Retry-After`.
+    pub start_timeout: HumanDuration,
+    /// How often idle instances are looked for (`idle_timeout` of each instance).
+    pub idle_check_interval: HumanDuration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 32 * 1024 * 1024,
+            start_timeout: HumanDuration::secs(120),
+            idle_check_interval: HumanDuration::secs(10),
+        }
     }
 }

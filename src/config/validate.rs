@@ -125,6 +125,17 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
             return Err(invalid(key, "must be > 0".into()));
         }
     }
+    if c.proxy.max_body_bytes == 0 {
+        return Err(invalid("proxy.max_body_bytes", "must be > 0".into()));
+    }
+    for (key, d) in [
+        ("proxy.start_timeout", c.proxy.start_timeout),
+        ("proxy.idle_check_interval", c.proxy.idle_check_interval),
+    ] {
+        if d.get().is_zero() {
+            return Err(invalid(key, "must be > 0".into()));
+        }
+    }
     for (key, b) in [
         ("backends.llama_cpp.command", &c.backends.llama_cpp),
         ("backends.vllm.command", &c.backends.vllm),
