@@ -12,5 +12,6 @@ pub mod http;
 pub mod instance;
 pub mod logging;
 pub mod metrics;
+pub mod proxy;
 pub mod stats;
 pub mod systemd;

@@ -7,5 +7,6 @@ mod cli;
 mod direct;
 mod instances;
 mod packaging;
+mod proxy;
 mod resources;
 mod unit;

@@ -103,6 +103,7 @@ async fn serve(
         monitor.connection.clone(),
     )?;
     instances.spawn_background(shutdown_rx.clone());
+    instances.spawn_idle_stopper(cfg.proxy.idle_check_interval.get(), shutdown_rx.clone());
     let source: Arc<dyn InstanceSource> = instances.clone();
     let sampler = Arc::new(Sampler::new(
         host.clone(),
@@ -123,6 +124,10 @@ async fn serve(
     let app = http::router(state.clone());
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {
+        // TCP_NODELAY: streamed tokens go out as they come, not after Nagle's delay.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = server_shutdown.wait_for(|s| *s).await;

@@ -46,6 +46,7 @@ impl From<OpError> for ApiError {
             OpError::NotFound(_) => StatusCode::NOT_FOUND,
             OpError::Conflict(_) => StatusCode::CONFLICT,
             OpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OpError::Busy(_) => StatusCode::CONFLICT,
             OpError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

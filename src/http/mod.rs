@@ -30,15 +30,16 @@ pub fn router(state: Arc<AppState>) -> Router {
     let timeout = server.request_timeout.get();
     let max_body = server.max_body_bytes;
 
-    Router::new()
+    let proxy_max = cfg.config.proxy.max_body_bytes;
+
+    // The management API: JSON errors, a request deadline, a small body limit.
+    let api = Router::new()
         .route("/api/health/live", get(health::live))
         .route("/api/health", get(health::ready))
         .route("/api/system/health", get(health::system))
         .route(&metrics_path, get(metrics))
         .merge(instances::routes())
         .fallback(error::not_found)
-        // Layers run bottom-up for requests: the request id is set first, so every later layer and
-        // the handler see it; the metrics observer sees the final status after JSON rewriting.
         .layer(middleware::from_fn(error::json_errors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -50,7 +51,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(
             max_body,
             error::limit_declared_body,
+        ));
+    // The model proxy: its own (larger) body limit, no deadline (generations stream for
+    // minutes), and the backend's responses passed through untouched.
+    let proxy = crate::proxy::routes()
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(proxy_max).unwrap_or(usize::MAX),
         ))
+        .layer(middleware::from_fn_with_state(
+            proxy_max,
+            error::limit_declared_body,
+        ));
+
+    // Layers run bottom-up for requests: the request id is set first, so every later layer and
+    // the handler see it; the metrics observer sees the final status after JSON rewriting.
+    proxy
+        .merge(api)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             observe::observe,

@@ -1,6 +1,7 @@
 //! Instances: model servers run as transient systemd units. `spec` is what an operator asks for,
 //! `store` keeps it on disk, `supervisor` turns it into units over D-Bus and tracks their state.
 
+pub mod demand;
 pub mod logs;
 pub mod runtime;
 pub mod spec;

@@ -89,9 +89,17 @@ pub struct InstanceOptions {
     pub restart_delay: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_demand_start: Option<bool>,
-    /// Minutes; 0 = never stop for idleness.
+    /// Minutes; 0 = never stop for idleness. Fractions are allowed (upstream takes whole
+    /// minutes; a whole value is written back as an integer so upstream clients can read it).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "whole_if_integral"
+    )]
+    pub idle_timeout: Option<f64>,
+    /// Other names the proxy routes to this instance (besides its name and llama.cpp's `alias`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<i64>,
+    pub aliases: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environment: BTreeMap<String, String>,
     /// Hard memory limit (systemd `MemoryMax=`): bytes, or a string such as `"8G"`.
@@ -323,7 +331,20 @@ impl InstanceOptions {
         self.max_restarts = clamp(self.max_restarts, i64::from(cfg.default_max_restarts));
         self.restart_delay = clamp(self.restart_delay, cfg.default_restart_delay as i64);
         self.on_demand_start = Some(self.on_demand_start.unwrap_or(cfg.default_on_demand_start));
-        self.idle_timeout = clamp(self.idle_timeout, 0);
+        match self.idle_timeout {
+            Some(t) if !t.is_finite() || t < 0.0 => {
+                return Err(format!(
+                    "idle_timeout: {t} must be a number of minutes >= 0"
+                ))
+            }
+            None => self.idle_timeout = Some(0.0),
+            Some(_) => {}
+        }
+        if let Some(a) = &self.aliases {
+            if a.iter().any(|x| x.is_empty() || x.len() > 256) {
+                return Err("aliases: names must be 1-256 characters".into());
+            }
+        }
         Ok(())
     }
 
@@ -361,12 +382,45 @@ impl InstanceOptions {
         }
     }
 
+    /// Every `model` value the proxy routes to this instance besides its name: llama.cpp's
+    /// `alias` (comma-separated in newer llama-server) and the spec's `aliases`.
+    pub fn model_aliases(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .backend_options
+            .get("alias")
+            .and_then(Value::as_str)
+            .map(|a| {
+                a.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.extend(self.aliases.clone().unwrap_or_default());
+        out
+    }
+
+    /// Idle timeout, when set.
+    pub fn idle_after(&self) -> Option<std::time::Duration> {
+        self.idle_timeout
+            .filter(|m| *m > 0.0)
+            .map(|m| std::time::Duration::from_secs_f64(m * 60.0))
+    }
+
     /// Where readiness is probed.
     pub fn health_path(&self) -> &str {
         self.backend_options
             .get("health_path")
             .and_then(Value::as_str)
             .unwrap_or("/health")
+    }
+}
+
+fn whole_if_integral<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => s.serialize_i64(*x as i64),
+        Some(x) => s.serialize_f64(*x),
+        None => s.serialize_none(),
     }
 }
 

@@ -26,6 +26,10 @@ pub enum OpError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// `max_running` is reached and no running instance can be evicted (all have requests in
+    /// flight): an API start gets 409, a proxied request waits and retries.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -36,6 +40,12 @@ pub(super) struct Entry {
     pub health: Health,
     /// Why the last start or stop failed; cleared by the next success.
     pub last_error: Option<String>,
+    /// Proxied requests being served right now.
+    pub in_flight: u32,
+    /// When the last proxied request began or ended (the idle and LRU clock).
+    pub last_used: Option<std::time::Instant>,
+    pub on_demand_starts: u64,
+    pub evictions: u64,
 }
 
 impl Entry {
@@ -60,11 +70,14 @@ pub struct Supervisor {
     daemon_port: u16,
     pub(super) conn: watch::Receiver<Option<Connection>>,
     pub(super) table: Mutex<Table>,
-    ops: tokio::sync::Mutex<()>,
+    pub(super) ops: tokio::sync::Mutex<()>,
     /// Refreshes (read unit state, store it) run one at a time: two overlapping ones could
     /// otherwise store an older reading after a newer one (a start's own refresh finishing after
     /// the signal-driven one), leaving a stale state until the next change.
     refreshing: tokio::sync::Mutex<()>,
+    /// One on-demand start per instance at a time (see `demand.rs`).
+    pub(super) start_gates:
+        tokio::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn now() -> u64 {
@@ -112,6 +125,10 @@ impl Supervisor {
                     unit: UnitState::default(),
                     health: Health::default(),
                     last_error: None,
+                    in_flight: 0,
+                    last_used: None,
+                    on_demand_starts: 0,
+                    evictions: 0,
                 },
             );
         }
@@ -131,6 +148,7 @@ impl Supervisor {
             table: Mutex::new(table),
             ops: tokio::sync::Mutex::new(()),
             refreshing: tokio::sync::Mutex::new(()),
+            start_gates: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -165,6 +183,7 @@ impl Supervisor {
             "control_group": (!e.unit.control_group.is_empty()).then_some(&e.unit.control_group),
             "health": e.health,
             "last_error": e.last_error,
+            "in_flight": e.in_flight,
         })
     }
 
@@ -290,6 +309,10 @@ impl Supervisor {
             unit: UnitState::default(),
             health: Health::default(),
             last_error: None,
+            in_flight: 0,
+            last_used: None,
+            on_demand_starts: 0,
+            evictions: 0,
         };
         let v = Self::view(&entry);
         self.table().instances.insert(name.to_string(), entry);
@@ -452,6 +475,7 @@ impl Supervisor {
                 "instance {name:?} is already running ({state:?})"
             )));
         }
+        self.make_room(name).await?;
         let port = spec.options.port().unwrap_or(0);
         if !port_free(spec.options.host(), port) {
             return Err(OpError::Conflict(format!(
@@ -487,7 +511,7 @@ impl Supervisor {
         }
     }
 
-    pub(super) async fn stop_locked(&self, name: &str) -> Result<(), OpError> {
+    pub(crate) async fn stop_locked(&self, name: &str) -> Result<(), OpError> {
         if !self.table().instances.contains_key(name) {
             return Err(not_found(name));
         }
@@ -566,6 +590,9 @@ impl crate::stats::snapshot::InstanceSource for Supervisor {
                         .then_some(e.unit.active_enter_timestamp / 1_000_000),
                     restarts: e.unit.n_restarts,
                     control_group: e.unit.control_group.clone(),
+                    in_flight: e.in_flight,
+                    on_demand_starts: e.on_demand_starts,
+                    evictions: e.evictions,
                 }
             })
             .collect()

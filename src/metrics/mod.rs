@@ -16,6 +16,7 @@ use crate::host::HostPaths;
 
 pub mod build;
 pub mod process;
+pub mod proxy;
 pub mod resources;
 
 pub use self::process::ProcessCollector;
@@ -107,6 +108,7 @@ pub struct Metrics {
     durations: DurationFamily,
     sampler: Arc<Sampler>,
     seen: Arc<std::sync::atomic::AtomicBool>,
+    pub proxy: proxy::ProxyMetrics,
 }
 
 /// The API request families, left out of a scrape when `api_performance` is off.
@@ -172,6 +174,7 @@ impl Metrics {
             sampler: sampler.clone(),
             seen: seen.clone(),
         }));
+        let proxy = proxy::ProxyMetrics::register(llamactl);
 
         Metrics {
             registry,
@@ -179,6 +182,7 @@ impl Metrics {
             durations,
             sampler,
             seen,
+            proxy,
         }
     }
 

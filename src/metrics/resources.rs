@@ -238,6 +238,30 @@ fn instance_families(enc: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), st
         Counter,
         &per(&cg(|c| c.pressure_io_usec, 1e-6)),
     )?;
+    family(
+        enc,
+        "proxy_requests_in_flight",
+        "Proxied requests being served by the instance right now.",
+        None,
+        Gauge,
+        &per(&|i| Some(f64::from(i.info.in_flight))),
+    )?;
+    family(
+        enc,
+        "proxy_on_demand_starts",
+        "Times a proxied request started the instance (on_demand_start).",
+        None,
+        Counter,
+        &per(&|i| Some(i.info.on_demand_starts as f64)),
+    )?;
+    family(
+        enc,
+        "proxy_evictions",
+        "Times the instance was stopped to make room under [instances] max_running.",
+        None,
+        Counter,
+        &per(&|i| Some(i.info.evictions as f64)),
+    )?;
     if s.groups.contains(&MetricGroup::Gpu) {
         family(
             enc,
@@ -459,6 +483,7 @@ mod tests {
                 start_time: Some(1_700_000_000),
                 restarts: 2,
                 control_group: "/llamactl.slice/llamactl-smol.service".into(),
+                ..Default::default()
             },
             InstanceInfo {
                 name: "idle".into(),

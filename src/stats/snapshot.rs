@@ -24,6 +24,9 @@ pub struct InstanceInfo {
     pub restarts: u32,
     /// Empty when the unit is not loaded.
     pub control_group: String,
+    pub in_flight: u32,
+    pub on_demand_starts: u64,
+    pub evictions: u64,
 }
 
 /// Where instance infos come from (the supervisor; a fixed list in tests).

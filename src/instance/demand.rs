@@ -1,0 +1,222 @@
+//! Instances started and stopped by traffic: on-demand start (shared by concurrent requests),
+//! idle stop, and `max_running` with least-recently-used eviction.
+
+use super::runtime::State;
+use super::supervisor::{OpError, Supervisor};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::info;
+
+/// Marks a proxied request as in flight for its whole life (dropped when the response body
+/// ends or the client goes away).
+pub struct InFlight {
+    sup: Arc<Supervisor>,
+    name: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(e) = self.sup.table().instances.get_mut(&self.name) {
+            e.in_flight = e.in_flight.saturating_sub(1);
+            e.last_used = Some(Instant::now());
+        }
+    }
+}
+
+impl Supervisor {
+    /// The instance a request's `model` names: the instance name, `instance/model` (a backend
+    /// serving several models), or an alias.
+    pub fn resolve_model(&self, model: &str) -> Option<String> {
+        let t = self.table();
+        if t.instances.contains_key(model) {
+            return Some(model.to_string());
+        }
+        if let Some((inst, _)) = model.split_once('/') {
+            if t.instances.contains_key(inst) {
+                return Some(inst.to_string());
+            }
+        }
+        t.instances
+            .values()
+            .find(|e| e.spec.options.model_aliases().iter().any(|a| a == model))
+            .map(|e| e.spec.name.clone())
+    }
+
+    /// `host:port` of an instance's backend.
+    pub fn backend_addr(&self, name: &str) -> Option<String> {
+        let t = self.table();
+        let o = &t.instances.get(name)?.spec.options;
+        let host = match o.host() {
+            "0.0.0.0" | "localhost" => "127.0.0.1".to_string(),
+            "::" => "[::1]".to_string(),
+            h if h.contains(':') => format!("[{h}]"),
+            h => h.to_string(),
+        };
+        Some(format!("{host}:{}", o.port()?))
+    }
+
+    pub fn begin_request(self: &Arc<Self>, name: &str) -> InFlight {
+        if let Some(e) = self.table().instances.get_mut(name) {
+            e.in_flight += 1;
+            e.last_used = Some(Instant::now());
+        }
+        InFlight {
+            sup: self.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Makes sure the instance serves: starts it if it is stopped and allows on-demand starts
+    /// (one start however many requests ask at once), then waits until it is ready. Returns
+    /// whether this call started it.
+    pub async fn ensure_ready(&self, name: &str, timeout: Duration) -> Result<bool, OpError> {
+        let deadline = Instant::now() + timeout;
+        let gate = {
+            let mut g = self.start_gates.lock().await;
+            g.entry(name.to_string()).or_default().clone()
+        };
+        let mut started = false;
+        {
+            let _one_start = tokio::time::timeout_at(deadline.into(), gate.lock())
+                .await
+                .map_err(|_| timed_out(name, timeout))?;
+            let (state, v) = self.state_of(name)?;
+            if state == State::Ready {
+                return Ok(false);
+            }
+            if !state.is_running() {
+                let allowed = v["options"]["on_demand_start"].as_bool().unwrap_or(false);
+                if !allowed {
+                    return Err(OpError::Unavailable(format!(
+                        "instance {name:?} is {} and on_demand_start is off",
+                        state.as_str()
+                    )));
+                }
+                // Under max_running, wait for a slot while everything is busy.
+                loop {
+                    match self.start(name).await {
+                        Ok(_) => break,
+                        Err(OpError::Busy(msg)) => {
+                            if Instant::now() >= deadline {
+                                return Err(OpError::Unavailable(msg));
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(OpError::Conflict(m)) if m.contains("already running") => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                started = true;
+                if let Some(e) = self.table().instances.get_mut(name) {
+                    e.on_demand_starts += 1;
+                }
+                info!(llamactl_instance = name, "started on demand");
+            }
+        }
+        loop {
+            let state = self.state_of(name)?.0;
+            match state {
+                State::Ready => return Ok(started),
+                State::Failed | State::Stopped => {
+                    return Err(OpError::Failed(format!(
+                        "instance {name:?} is {} after its start; see its logs",
+                        state.as_str()
+                    )))
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(timed_out(name, timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Under `max_running`, stops the least recently used idle instance so `name` can start.
+    /// Called with the operations lock held (from `start_locked`).
+    pub(super) async fn make_room(&self, name: &str) -> Result<(), OpError> {
+        let max = self.cfg.max_running as usize;
+        if max == 0 {
+            return Ok(());
+        }
+        let victim = {
+            let t = self.table();
+            let running: Vec<_> = t
+                .instances
+                .values()
+                .filter(|e| e.spec.name != name && e.state().is_running())
+                .collect();
+            if running.len() < max {
+                return Ok(());
+            }
+            running
+                .iter()
+                .filter(|e| e.in_flight == 0)
+                .min_by_key(|e| (e.last_used, e.unit.active_enter_timestamp))
+                .map(|e| e.spec.name.clone())
+                .ok_or_else(|| {
+                    OpError::Busy(format!(
+                        "max_running ({max}) reached and every running instance has requests in flight"
+                    ))
+                })?
+        };
+        info!(llamactl_instance = %victim, for_instance = name, "evicting the least recently used instance (max_running)");
+        // Its desired state becomes "stopped": a daemon restart does not bring it back (it
+        // still starts on demand).
+        self.stop_locked(&victim).await?;
+        if let Some(e) = self.table().instances.get_mut(&victim) {
+            e.evictions += 1;
+        }
+        Ok(())
+    }
+
+    /// Stops instances whose `idle_timeout` has passed without a request.
+    pub fn spawn_idle_stopper(
+        self: &Arc<Self>,
+        every: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.changed() => return,
+                }
+                let now = Instant::now();
+                let idle: Vec<String> = {
+                    let mut t = me.table();
+                    t.instances
+                        .values_mut()
+                        .filter(|e| e.state().is_running() && e.in_flight == 0)
+                        .filter_map(|e| {
+                            let after = e.spec.options.idle_after()?;
+                            // The idle clock starts at the last request, or when first seen running.
+                            let since = *e.last_used.get_or_insert(now);
+                            (now.duration_since(since) >= after).then(|| e.spec.name.clone())
+                        })
+                        .collect()
+                };
+                for name in idle {
+                    info!(llamactl_instance = %name, "stopping idle instance (idle_timeout)");
+                    let _op = me.ops.lock().await;
+                    let still_idle = me
+                        .table()
+                        .instances
+                        .get(&name)
+                        .is_some_and(|e| e.in_flight == 0);
+                    if still_idle {
+                        let _ = me.stop_locked(&name).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn timed_out(name: &str, timeout: Duration) -> OpError {
+    OpError::Unavailable(format!(
+        "instance {name:?} not ready within {timeout:?}; retry later"
+    ))
+}

@@ -1,0 +1,286 @@
+//! The OpenAI-compatible proxy: `/v1/...` requests are routed by their `model` field to an
+//! instance (its name, `instance/model`, or an alias), starting it on demand, and streamed back.
+//! `/api/v1/instances/{name}/proxy/{path}` reaches an instance directly (llama-server's `/slots`,
+//! `/props`, `/metrics`). Errors use OpenAI's shape: `{"error":{"message","type","code"}}`.
+
+mod forward;
+pub mod tokens;
+
+use crate::http::AppState;
+use crate::instance::spec::InstanceOptions;
+use crate::instance::OpError;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+type S = State<Arc<AppState>>;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/{*rest}", post(by_model))
+        .route("/infill", post(by_model))
+        .route("/api/v1/instances/{name}/proxy/{*path}", any(direct))
+}
+
+fn upstream() -> &'static forward::Upstream {
+    static CLIENT: OnceLock<forward::Upstream> = OnceLock::new();
+    CLIENT.get_or_init(forward::client)
+}
+
+/// OpenAI's error shape.
+pub fn oai_error(
+    status: StatusCode,
+    kind: &str,
+    code: &str,
+    message: impl Into<String>,
+) -> Response {
+    let body = json!({"error": {"message": message.into(), "type": kind, "code": code}});
+    (status, Json(body)).into_response()
+}
+
+fn op_error(e: OpError) -> Response {
+    match e {
+        OpError::NotFound(m) => oai_error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            m,
+        ),
+        OpError::Unavailable(m) | OpError::Busy(m) => {
+            let mut r = oai_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "instance_unavailable",
+                m,
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            r
+        }
+        OpError::BadRequest(m) | OpError::Conflict(m) => oai_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            m,
+        ),
+        OpError::Failed(m) => oai_error(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "instance_failed",
+            m,
+        ),
+    }
+}
+
+/// A bounded label for the endpoint a request went to.
+fn endpoint(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "chat_completions",
+        "/v1/completions" => "completions",
+        "/v1/embeddings" => "embeddings",
+        "/v1/rerank" | "/v1/reranking" => "rerank",
+        "/infill" => "infill",
+        "/v1/messages" => "messages",
+        _ => "other",
+    }
+}
+
+/// `GET /v1/models`: every instance as a model, with its state.
+async fn models(State(s): S) -> Json<serde_json::Value> {
+    let data: Vec<_> = s
+        .instances
+        .list()
+        .into_iter()
+        .map(|i| {
+            let aliases = serde_json::from_value::<InstanceOptions>(i["options"].clone())
+                .map(|o| o.model_aliases())
+                .unwrap_or_default();
+            json!({
+                "id": i["name"],
+                "object": "model",
+                "created": i["created"],
+                "owned_by": "llamactl",
+                "state": i["state"],
+                "status": i["status"],
+                "aliases": aliases,
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+#[derive(Deserialize)]
+struct ModelField {
+    model: Option<String>,
+}
+
+/// `POST /v1/*`: route by `model`.
+async fn by_model(State(s): S, req: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let max = s.config().config.proxy.max_body_bytes;
+    let bytes = match forward::read_body(body, usize::try_from(max).unwrap_or(usize::MAX)).await {
+        Ok(b) => b,
+        Err(e) => {
+            return oai_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+                format!("request body over the limit of {max} bytes ({e})"),
+            )
+        }
+    };
+    let model = match serde_json::from_slice::<ModelField>(&bytes) {
+        Ok(ModelField { model: Some(m) }) if !m.is_empty() => m,
+        Ok(_) => {
+            return oai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "model_required",
+                "the request has no \"model\"",
+            )
+        }
+        Err(e) => {
+            return oai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_json",
+                format!("the request body is not valid JSON: {e}"),
+            )
+        }
+    };
+    let Some(name) = s.instances.resolve_model(&model) else {
+        return oai_error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("the model {model:?} does not exist (GET /v1/models lists them)"),
+        );
+    };
+    let timeout = s.config().config.proxy.start_timeout.get();
+    if let Err(e) = s.instances.ensure_ready(&name, timeout).await {
+        return op_error(e);
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    send(
+        &s,
+        &name,
+        endpoint(parts.uri.path()),
+        &parts.method,
+        &parts.headers,
+        path_and_query,
+        bytes,
+        started,
+    )
+    .await
+}
+
+/// `ANY /api/v1/instances/{name}/proxy/{path}`: straight to a running instance (no on-demand
+/// start, as upstream).
+async fn direct(State(s): S, Path((name, path)): Path<(String, String)>, req: Request) -> Response {
+    let started = Instant::now();
+    let (state, _) = match s.instances.state_of(&name) {
+        Ok(v) => v,
+        Err(e) => return op_error(e),
+    };
+    if !state.is_running() {
+        return oai_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "instance_not_running",
+            format!("instance {name:?} is {}", state.as_str()),
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let max = s.config().config.proxy.max_body_bytes;
+    let bytes = match forward::read_body(body, usize::try_from(max).unwrap_or(usize::MAX)).await {
+        Ok(b) => b,
+        Err(e) => {
+            return oai_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+                e,
+            )
+        }
+    };
+    let q = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let pq = format!("/{path}{q}");
+    send(
+        &s,
+        &name,
+        "direct",
+        &parts.method,
+        &parts.headers,
+        &pq,
+        bytes,
+        started,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    s: &AppState,
+    name: &str,
+    endpoint: &'static str,
+    method: &axum::http::Method,
+    headers: &axum::http::HeaderMap,
+    path_and_query: &str,
+    body: axum::body::Bytes,
+    started: Instant,
+) -> Response {
+    let Some(addr) = s.instances.backend_addr(name) else {
+        return op_error(OpError::NotFound(format!("no instance named {name:?}")));
+    };
+    let guard = s.instances.begin_request(name);
+    let req = match forward::upstream_request(method, headers, &addr, path_and_query, body) {
+        Ok(r) => r,
+        Err(e) => {
+            return oai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                e.to_string(),
+            )
+        }
+    };
+    match upstream().request(req).await {
+        Ok(res) => forward::respond(
+            res,
+            forward::Watch {
+                metrics: s.metrics.proxy.clone(),
+                instance: name.to_string(),
+                endpoint,
+                started,
+                _in_flight: guard,
+            },
+        ),
+        Err(e) => {
+            s.metrics
+                .proxy
+                .observe(name, endpoint, 502, started.elapsed().as_secs_f64(), None);
+            oai_error(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "backend_unreachable",
+                format!("instance {name:?} did not answer: {e}"),
+            )
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! The OpenAI-compatible proxy in front of real instances.
+
+use crate::util::sandbox::DaemonUnit;
+use crate::util::{api, fake_backend, free_port, get, http, llama_backend, wait_for};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn daemon(test: &str, extra: &str) -> DaemonUnit {
+    let port = free_port();
+    let lo = 45000 + (port % 150) * 100;
+    let d = DaemonUnit::install(
+        test,
+        port,
+        &format!(
+            "[instances]\nport_range = [{lo}, {}]\nhealth_check_interval = \"500ms\"\n{extra}",
+            lo + 99
+        ),
+        "",
+    );
+    d.start();
+    d
+}
+
+fn chat(port: u16, body: Value) -> crate::util::Reply {
+    let b = body.to_string();
+    http(
+        "POST",
+        port,
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        b.as_bytes(),
+    )
+    .unwrap()
+}
+
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn state(d: &DaemonUnit, name: &str) -> Value {
+    get(d.port, &format!("/api/v1/instances/{name}")).json()["state"].clone()
+}
+
+#[test]
+fn real_llama_server_behind_the_proxy() {
+    unit_test!();
+    let (server, model) = llama_backend();
+    let d = daemon("proxy-llama", &format!("[backends.llama_cpp]\ncommand = \"{server}\"\n[proxy]\nmax_body_bytes = 65536\nidle_check_interval = \"1s\"\n"));
+    let spec = json!({"backend_type": "llama_cpp", "on_demand_start": true,
+        "backend_options": {"model": model, "ctx_size": 1024, "threads": 2, "parallel": 1, "alias": "smolly"}});
+    assert_eq!(
+        api("POST", d.port, "/api/v1/instances/psmol", Some(spec)).status,
+        201
+    );
+    assert_eq!(state(&d, "psmol"), "stopped");
+
+    // On-demand start answers the first request.
+    let r = chat(
+        d.port,
+        json!({"model": "psmol", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    assert!(j["choices"][0]["message"]["content"].is_string(), "{j}");
+    let completion = j["usage"]["completion_tokens"].as_u64().unwrap();
+    let prompt = j["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(state(&d, "psmol"), "ready");
+    let m = get(d.port, "/metrics").body;
+    assert_eq!(
+        sample(
+            &m,
+            "llamactl_instance_tokens_total{instance_name=\"psmol\",type=\"completion\"}"
+        ),
+        Some(completion as f64)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "llamactl_instance_tokens_total{instance_name=\"psmol\",type=\"prompt\"}"
+        ),
+        Some(prompt as f64)
+    );
+    assert!(
+        sample(
+            &m,
+            "llamactl_instance_tokens_per_second{instance_name=\"psmol\"}"
+        )
+        .unwrap()
+            > 0.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "llamactl_proxy_on_demand_starts_total{instance_name=\"psmol\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "llamactl_proxy_requests_total{instance_name=\"psmol\",endpoint=\"chat_completions\",status=\"200\"}"), Some(1.0));
+    assert!(m.contains("llamactl_proxy_time_to_first_byte_seconds_bucket{instance_name=\"psmol\",endpoint=\"chat_completions\""), "{m}");
+    crate::util::promtool_check(&m);
+
+    // Streaming, through the alias: SSE passes through and its tokens are counted.
+    let r = chat(
+        d.port,
+        json!({"model": "smolly", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "Count to five"}], "max_tokens": 12}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert!(
+        r.body.matches("data: ").count() > 3 && r.body.contains("data: [DONE]"),
+        "{}",
+        r.body
+    );
+    let m = get(d.port, "/metrics").body;
+    let after = sample(
+        &m,
+        "llamactl_instance_tokens_total{instance_name=\"psmol\",type=\"completion\"}",
+    )
+    .unwrap();
+    assert!(
+        after >= (completion + 1) as f64,
+        "streamed tokens counted: {after}"
+    );
+
+    // /v1/models shows instances with their state and aliases.
+    let models = get(d.port, "/v1/models").json();
+    assert_eq!(models["data"][0]["id"], "psmol");
+    assert_eq!(models["data"][0]["state"], "ready");
+    assert_eq!(models["data"][0]["aliases"], json!(["smolly"]));
+
+    // A client that disconnects mid-stream frees the backend's only slot.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    let body = json!({"model": "psmol", "stream": true, "messages": [{"role": "user", "content": "Write a long story"}], "max_tokens": 4000}).to_string();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+    let busy = |v: &Value| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|x| x["is_processing"] == true))
+    };
+    assert!(
+        busy(&get(d.port, "/api/v1/instances/psmol/proxy/slots").json()),
+        "the stream occupies the slot"
+    );
+    drop(s);
+    wait_for("the slot to be freed", Duration::from_secs(10), || {
+        (!busy(&get(d.port, "/api/v1/instances/psmol/proxy/slots").json())).then_some(())
+    });
+    let t0 = Instant::now();
+    let r = chat(
+        d.port,
+        json!({"model": "psmol", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}),
+    );
+    assert_eq!(r.status, 200);
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    let m = get(d.port, "/metrics").body;
+    assert_eq!(
+        sample(
+            &m,
+            "llamactl_proxy_requests_in_flight{instance_name=\"psmol\"}"
+        ),
+        Some(0.0)
+    );
+
+    // Clear errors, and the daemon stays up.
+    let r = chat(d.port, json!({"model": "nope", "messages": []}));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
+    let r = http(
+        "POST",
+        d.port,
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        b"{\"model\": ",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "invalid_json");
+    let r = http(
+        "POST",
+        d.port,
+        "/v1/chat/completions",
+        &[("Content-Length", "1000000")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 413);
+    let r = chat(d.port, json!({"messages": []}));
+    assert_eq!(r.status, 400);
+    assert_eq!(get(d.port, "/api/health/live").status, 200);
+
+    // Idle timeout stops it (0.05 min = 3 s here).
+    let upd = json!({"backend_type": "llama_cpp", "on_demand_start": true, "idle_timeout": 0.05,
+        "backend_options": {"model": model, "ctx_size": 1024, "threads": 2, "parallel": 1, "alias": "smolly"}});
+    assert_eq!(
+        api("PUT", d.port, "/api/v1/instances/psmol", Some(upd)).status,
+        200
+    );
+    wait_for("the idle instance to stop", Duration::from_secs(30), || {
+        (state(&d, "psmol") == "stopped").then_some(())
+    });
+    d.wait_log("stopping idle instance");
+    assert_eq!(
+        api("DELETE", d.port, "/api/v1/instances/psmol", None).status,
+        204
+    );
+}
+
+fn fake(extra: Value) -> Value {
+    let mut v = json!({"backend_type": "command", "on_demand_start": true,
+        "backend_options": {"command": [fake_backend().display().to_string(), "--port", "{port}", "--ready-after", "500"]}});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+#[test]
+fn concurrent_first_requests_share_one_start() {
+    unit_test!();
+    let d = daemon("proxy-herd", "");
+    assert_eq!(
+        api(
+            "POST",
+            d.port,
+            "/api/v1/instances/herd",
+            Some(fake(json!({})))
+        )
+        .status,
+        201
+    );
+    let port = d.port;
+    let threads: Vec<_> = (0..10)
+        .map(|i| {
+            std::thread::spawn(move || chat(port, json!({"model": "herd", "messages": [{"role": "user", "content": format!("hi {i}")}]})).status)
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    let m = get(d.port, "/metrics").body;
+    assert_eq!(
+        sample(
+            &m,
+            "llamactl_proxy_on_demand_starts_total{instance_name=\"herd\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "llamactl_proxy_requests_total{instance_name=\"herd\",endpoint=\"chat_completions\",status=\"200\"}"), Some(10.0));
+    assert_eq!(
+        sample(
+            &m,
+            "llamactl_instance_tokens_total{instance_name=\"herd\",type=\"completion\"}"
+        ),
+        Some(30.0)
+    );
+    let starts = d
+        .journal()
+        .iter()
+        .filter(|e| {
+            e["MESSAGE"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("starting instance"))
+        })
+        .count();
+    assert_eq!(starts, 1);
+    assert_eq!(
+        api("DELETE", d.port, "/api/v1/instances/herd", None).status,
+        204
+    );
+}
+
+#[test]
+fn max_running_evicts_the_least_recently_used() {
+    unit_test!();
+    let d = daemon("proxy-lru", "max_running = 1\n");
+    for n in ["lru-a", "lru-b"] {
+        assert_eq!(
+            api(
+                "POST",
+                d.port,
+                &format!("/api/v1/instances/{n}"),
+                Some(fake(json!({})))
+            )
+            .status,
+            201
+        );
+    }
+    assert_eq!(
+        chat(d.port, json!({"model": "lru-a", "messages": []})).status,
+        200
+    );
+    assert_eq!(state(&d, "lru-a"), "ready");
+    assert_eq!(
+        chat(d.port, json!({"model": "lru-b", "messages": []})).status,
+        200
+    );
+    assert_eq!(state(&d, "lru-b"), "ready");
+    assert_eq!(state(&d, "lru-a"), "stopped", "evicted");
+    let m = get(d.port, "/metrics").body;
+    assert_eq!(
+        sample(
+            &m,
+            "llamactl_proxy_evictions_total{instance_name=\"lru-a\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "llamactl_instances_running"), Some(1.0));
+    // Through the API too: starting a stops b.
+    assert_eq!(
+        api("POST", d.port, "/api/v1/instances/lru-a/start", None).status,
+        200
+    );
+    assert_eq!(state(&d, "lru-b"), "stopped");
+    for n in ["lru-a", "lru-b"] {
+        assert_eq!(
+            api("DELETE", d.port, &format!("/api/v1/instances/{n}"), None).status,
+            204
+        );
+    }
+}
