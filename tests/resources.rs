@@ -11,7 +11,7 @@ fn daemon(test: &str) -> DaemonUnit {
     let d = DaemonUnit::install(
         test,
         port,
-        &format!("[instances]\nport_range = [{lo}, {}]\n[monitoring]\nmetrics = [\"instance_stats\", \"api_performance\", \"system_resources\", \"gpu\"]\n", lo + 99),
+        &format!("[instances]\nport_range = [{lo}, {}]\n[monitoring]\ncollection_interval = \"500ms\"\nmetrics = [\"instance_stats\", \"api_performance\", \"system_resources\", \"gpu\"]\n", lo + 99),
         "",
     );
     d.start();
@@ -265,7 +265,9 @@ fn a_scrape_with_instances_in_every_state_passes_promtool() {
     );
 
     // Groups are switched by [monitoring] metrics, on reload.
-    d.rewrite_config("[monitoring]\nmetrics = [\"system_resources\"]\n");
+    d.rewrite_config(
+        "[monitoring]\ncollection_interval = \"500ms\"\nmetrics = [\"system_resources\"]\n",
+    );
     d.sb.ok(&["systemctl", "reload", &d.unit]);
     wait_for("instance metrics off", Duration::from_secs(10), || {
         let m = get(d.port, "/metrics").body;

@@ -57,6 +57,10 @@ pub struct MonitoringConfig {
     pub enabled: bool,
     pub prometheus: PrometheusConfig,
     pub metrics: Vec<MetricGroup>,
+    /// Resource statistics are collected in the background at this interval and scrapes serve
+    /// the latest collection (so a scrape costs the same with 1 or 300 instances); `0s` collects
+    /// on every scrape instead. Rates such as `cpu_percent` are over this interval.
+    pub collection_interval: HumanDuration,
 }
 
 impl Default for MonitoringConfig {
@@ -69,6 +73,7 @@ impl Default for MonitoringConfig {
                 MetricGroup::ApiPerformance,
                 MetricGroup::SystemResources,
             ],
+            collection_interval: HumanDuration::secs(5),
         }
     }
 }

@@ -105,12 +105,19 @@ async fn serve(
     instances.spawn_background(shutdown_rx.clone());
     instances.spawn_idle_stopper(cfg.proxy.idle_check_interval.get(), shutdown_rx.clone());
     let source: Arc<dyn InstanceSource> = instances.clone();
-    let sampler = Arc::new(Sampler::new(
-        host.clone(),
-        Some(source),
-        gpu::detect(),
-        cfg.monitoring.metrics.clone(),
-    ));
+    let sampler = Arc::new(
+        Sampler::new(
+            host.clone(),
+            Some(source),
+            gpu::detect(),
+            cfg.monitoring.metrics.clone(),
+        )
+        .with_background(cfg.monitoring.collection_interval.get()),
+    );
+    let stop_stats = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    sampler
+        .spawn_background(stop_stats.clone())
+        .context("starting the statistics collector")?;
     let metrics = Arc::new(Metrics::with_sampler(host.clone(), sampler));
     let state = Arc::new(AppState::new(
         loaded,
@@ -173,6 +180,7 @@ async fn serve(
     info!(address = %listen, "ready");
 
     daemon.signal_loop(&mut signals, status_rx).await;
+    stop_stats.store(true, std::sync::atomic::Ordering::Relaxed);
     drain(shutdown_tx, server).await
 }
 

@@ -32,6 +32,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         old.monitoring.prometheus.path != new.monitoring.prometheus.path,
         "monitoring.prometheus.path",
     );
+    check(
+        old.monitoring.collection_interval != new.monitoring.collection_interval,
+        "monitoring.collection_interval",
+    );
     check(old.logging.output != new.logging.output, "logging.output");
     check(
         old.logging.destinations != new.logging.destinations,

@@ -420,7 +420,7 @@ fn gpu_families(enc: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fm
 
 impl Collector for ResourceCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.sampler.snapshot();
+        let s = self.sampler.for_scrape();
         if s.groups.contains(&MetricGroup::InstanceStats) {
             instance_families(&mut enc, &s)?;
         }

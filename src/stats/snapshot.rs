@@ -73,6 +73,8 @@ pub struct Sampler {
     groups: RwLock<Vec<MetricGroup>>,
     collecting: Mutex<Previous>,
     last: Mutex<Option<Arc<Snapshot>>>,
+    /// Background collection interval (`[monitoring] collection_interval`); `None` = per scrape.
+    background: Option<std::time::Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,7 +97,14 @@ impl Sampler {
             groups: RwLock::new(groups),
             collecting: Mutex::new(Previous::default()),
             last: Mutex::new(None),
+            background: None,
         }
+    }
+
+    /// Collect in the background every `every` (see `spawn_background`); zero = per scrape.
+    pub fn with_background(mut self, every: std::time::Duration) -> Self {
+        self.background = (!every.is_zero()).then_some(every);
+        self
     }
 
     /// `[monitoring] metrics` (applied again on reload).
@@ -108,6 +117,84 @@ impl Sampler {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// What a scrape serves: with a background collector, its latest snapshot (collecting
+    /// inline only when there is none yet or it is stale, e.g. the collector is stuck);
+    /// without one, a fresh snapshot.
+    pub fn for_scrape(&self) -> Arc<Snapshot> {
+        if let Some(every) = self.background {
+            let cached = lock(&self.last).clone();
+            if let Some(s) = cached.filter(|s| s.finished.elapsed() < every * 3) {
+                return Arc::new(self.with_live_instances(&s));
+            }
+        }
+        self.snapshot()
+    }
+
+    /// The cached resource figures joined with the instances as they are now: states, health,
+    /// in-flight counts and the instance list itself are never stale; a figure is kept only while
+    /// the instance still has the cgroup it was read from.
+    fn with_live_instances(&self, cached: &Snapshot) -> Snapshot {
+        let live = self
+            .instances
+            .as_ref()
+            .map(|s| s.instances())
+            .unwrap_or_default();
+        let by_name: HashMap<&str, &InstanceSample> = cached
+            .instances
+            .iter()
+            .map(|i| (i.info.name.as_str(), i))
+            .collect();
+        let instances = if cached.groups.contains(&MetricGroup::InstanceStats) {
+            live.into_iter()
+                .map(|info| match by_name.get(info.name.as_str()) {
+                    Some(old)
+                        if !info.control_group.is_empty()
+                            && old.info.control_group == info.control_group =>
+                    {
+                        InstanceSample {
+                            info,
+                            ..(*old).clone()
+                        }
+                    }
+                    _ => InstanceSample {
+                        info,
+                        ..Default::default()
+                    },
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Snapshot {
+            finished: cached.finished,
+            groups: self.groups(),
+            instances,
+            system: cached.system.clone(),
+            system_cpu_percent: cached.system_cpu_percent,
+            gpus: cached.gpus.clone(),
+        }
+    }
+
+    /// Collects every `every` on a thread of its own (file reads block), until `stop` is set.
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::io::Result<()> {
+        let Some(every) = self.background else {
+            return Ok(());
+        };
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("llamactl-stats".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = me.snapshot();
+                    std::thread::sleep(every);
+                }
+            })
+            .map(|_| ())
     }
 
     /// A snapshot no older than this call.
