@@ -77,6 +77,13 @@ pub struct Sampler {
     background: Option<std::time::Duration>,
 }
 
+/// Memory as a percentage of the cgroup's limit, or of host memory when unlimited.
+fn memory_percent(c: &CgroupStats, host_total: Option<u64>) -> Option<f64> {
+    let used = c.memory_bytes? as f64;
+    let of = c.memory_limit_bytes.or(host_total)? as f64;
+    (of > 0.0).then(|| used / of * 100.0)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -158,10 +165,25 @@ impl Sampler {
                             ..(*old).clone()
                         }
                     }
-                    _ => InstanceSample {
-                        info,
-                        ..Default::default()
-                    },
+                    // Started since the last collection: read its cgroup now, so a new instance
+                    // shows at once (rates start with the next collection).
+                    _ => {
+                        let cgroup = match (&self.layout, info.control_group.is_empty()) {
+                            (Some(l), false) => {
+                                Some(read_stats(&self.paths, *l, &info.control_group))
+                            }
+                            _ => None,
+                        };
+                        let memory_percent = cgroup
+                            .as_ref()
+                            .and_then(|c| memory_percent(c, cached.system.memory_total_bytes));
+                        InstanceSample {
+                            info,
+                            cgroup,
+                            memory_percent,
+                            ..Default::default()
+                        }
+                    }
                 })
                 .collect()
         } else {
@@ -273,11 +295,9 @@ impl Sampler {
                     }
                     cpu_now.insert(info.control_group.clone(), usec);
                 }
-                let memory_percent = cgroup.as_ref().and_then(|c| {
-                    let used = c.memory_bytes? as f64;
-                    let of = c.memory_limit_bytes.or(system.memory_total_bytes)? as f64;
-                    (of > 0.0).then(|| used / of * 100.0)
-                });
+                let memory_percent = cgroup
+                    .as_ref()
+                    .and_then(|c| memory_percent(c, system.memory_total_bytes));
                 if !gpu_snap.processes.is_empty() && !info.control_group.is_empty() {
                     members.insert(info.name.clone(), self.pids(&info.control_group));
                 }
