@@ -133,16 +133,20 @@ impl Sampler {
         if let Some(every) = self.background {
             let cached = lock(&self.last).clone();
             if let Some(s) = cached.filter(|s| s.finished.elapsed() < every * 3) {
-                return Arc::new(self.with_live_instances(&s));
+                if let Some(joined) = self.with_live_instances(&s) {
+                    return Arc::new(joined);
+                }
             }
         }
+        // No usable collection (none yet, stale, or an instance started since): collect now;
+        // the result is cached for the scrapes that follow.
         self.snapshot()
     }
 
     /// The cached resource figures joined with the instances as they are now: states, health,
     /// in-flight counts and the instance list itself are never stale; a figure is kept only while
     /// the instance still has the cgroup it was read from.
-    fn with_live_instances(&self, cached: &Snapshot) -> Snapshot {
+    fn with_live_instances(&self, cached: &Snapshot) -> Option<Snapshot> {
         let live = self
             .instances
             .as_ref()
@@ -153,50 +157,34 @@ impl Sampler {
             .iter()
             .map(|i| (i.info.name.as_str(), i))
             .collect();
-        let instances = if cached.groups.contains(&MetricGroup::InstanceStats) {
-            live.into_iter()
-                .map(|info| match by_name.get(info.name.as_str()) {
-                    Some(old)
-                        if !info.control_group.is_empty()
-                            && old.info.control_group == info.control_group =>
-                    {
-                        InstanceSample {
+        let mut instances = Vec::new();
+        if cached.groups.contains(&MetricGroup::InstanceStats) {
+            for info in live {
+                match by_name.get(info.name.as_str()) {
+                    Some(old) if old.info.control_group == info.control_group => {
+                        instances.push(InstanceSample {
                             info,
                             ..(*old).clone()
-                        }
+                        })
                     }
-                    // Started since the last collection: read its cgroup now, so a new instance
-                    // shows at once (rates start with the next collection).
-                    _ => {
-                        let cgroup = match (&self.layout, info.control_group.is_empty()) {
-                            (Some(l), false) => {
-                                Some(read_stats(&self.paths, *l, &info.control_group))
-                            }
-                            _ => None,
-                        };
-                        let memory_percent = cgroup
-                            .as_ref()
-                            .and_then(|c| memory_percent(c, cached.system.memory_total_bytes));
-                        InstanceSample {
-                            info,
-                            cgroup,
-                            memory_percent,
-                            ..Default::default()
-                        }
-                    }
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Snapshot {
+                    // A unit gone since the collection: no figures for it.
+                    _ if info.control_group.is_empty() => instances.push(InstanceSample {
+                        info,
+                        ..Default::default()
+                    }),
+                    // Started since the collection: the caller collects afresh.
+                    _ => return None,
+                }
+            }
+        }
+        Some(Snapshot {
             finished: cached.finished,
             groups: self.groups(),
             instances,
             system: cached.system.clone(),
             system_cpu_percent: cached.system_cpu_percent,
             gpus: cached.gpus.clone(),
-        }
+        })
     }
 
     /// Collects every `every` on a thread of its own (file reads block), until `stop` is set.
