@@ -45,15 +45,12 @@ impl Supervisor {
 
     /// `host:port` of an instance's backend.
     pub fn backend_addr(&self, name: &str) -> Option<String> {
-        let t = self.table();
-        let o = &t.instances.get(name)?.spec.options;
-        let host = match o.host() {
-            "0.0.0.0" | "localhost" => "127.0.0.1".to_string(),
-            "::" => "[::1]".to_string(),
-            h if h.contains(':') => format!("[{h}]"),
-            h => h.to_string(),
-        };
-        Some(format!("{host}:{}", o.port()?))
+        self.table()
+            .instances
+            .get(name)?
+            .spec
+            .options
+            .connect_addr()
     }
 
     pub fn begin_request(self: &Arc<Self>, name: &str) -> InFlight {

@@ -367,6 +367,18 @@ impl InstanceOptions {
             .unwrap_or("127.0.0.1")
     }
 
+    /// `host:port` to reach the backend at: a wildcard listen address is reached over loopback,
+    /// IPv6 is bracketed. `None` before a port is assigned.
+    pub fn connect_addr(&self) -> Option<String> {
+        let host = match self.host() {
+            "0.0.0.0" | "localhost" => "127.0.0.1".to_string(),
+            "::" => "[::1]".to_string(),
+            h if h.contains(':') => format!("[{h}]"),
+            h => h.to_string(),
+        };
+        Some(format!("{host}:{}", self.port()?))
+    }
+
     /// Where the backend serves Prometheus metrics, if it does: llama-server (`--metrics`, on by
     /// default) and vLLM at `/metrics`; a command backend when its spec names `metrics_path`.
     pub fn metrics_path(&self) -> Option<&str> {

@@ -49,6 +49,19 @@ pub(super) struct Entry {
 }
 
 impl Entry {
+    fn new(spec: InstanceSpec) -> Self {
+        Self {
+            spec,
+            unit: UnitState::default(),
+            health: Health::default(),
+            last_error: None,
+            in_flight: 0,
+            last_used: None,
+            on_demand_starts: 0,
+            evictions: 0,
+        }
+    }
+
     pub fn state(&self) -> State {
         derive(&self.unit, &self.health)
     }
@@ -118,19 +131,7 @@ impl Supervisor {
                 table.corrupt.push(c);
                 continue;
             }
-            table.instances.insert(
-                spec.name.clone(),
-                Entry {
-                    spec,
-                    unit: UnitState::default(),
-                    health: Health::default(),
-                    last_error: None,
-                    in_flight: 0,
-                    last_used: None,
-                    on_demand_starts: 0,
-                    evictions: 0,
-                },
-            );
+            table.instances.insert(spec.name.clone(), Entry::new(spec));
         }
         info!(
             instances = table.instances.len(),
@@ -215,14 +216,8 @@ impl Supervisor {
             .filter_map(|e| {
                 let o = &e.spec.options;
                 let path = o.metrics_path()?;
-                let host = match o.host() {
-                    "0.0.0.0" | "localhost" => "127.0.0.1".to_string(),
-                    "::" => "[::1]".to_string(),
-                    h if h.contains(':') => format!("[{h}]"),
-                    h => h.to_string(),
-                };
                 Some(json!({
-                    "targets": [format!("{host}:{}", o.port()?)],
+                    "targets": [o.connect_addr()?],
                     "labels": {
                         "instance_name": e.spec.name,
                         "backend_type": o.backend_type,
@@ -304,16 +299,7 @@ impl Supervisor {
             .save(name, &spec)
             .map_err(|e| OpError::Failed(format!("{e:#}")))?;
         info!(llamactl_instance = name, port, "instance created");
-        let entry = Entry {
-            spec,
-            unit: UnitState::default(),
-            health: Health::default(),
-            last_error: None,
-            in_flight: 0,
-            last_used: None,
-            on_demand_starts: 0,
-            evictions: 0,
-        };
+        let entry = Entry::new(spec);
         let v = Self::view(&entry);
         self.table().instances.insert(name.to_string(), entry);
         if let Ok(conn) = self.connection() {

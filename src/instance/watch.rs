@@ -138,17 +138,8 @@ impl Supervisor {
                 .filter(|e| due_slow || !e.health.ok)
                 .map(|e| {
                     let o = &e.spec.options;
-                    let host = match o.host() {
-                        "0.0.0.0" | "localhost" => "127.0.0.1",
-                        "::" => "::1",
-                        h => h,
-                    };
-                    let host = if host.contains(':') {
-                        format!("[{host}]")
-                    } else {
-                        host.to_string()
-                    };
-                    let url = format!("http://{host}:{}{}", o.port().unwrap_or(0), o.health_path());
+                    let addr = o.connect_addr().unwrap_or_default();
+                    let url = format!("http://{addr}{}", o.health_path());
                     (e.spec.name.clone(), url)
                 })
                 .collect();

@@ -116,6 +116,21 @@ async fn models(State(s): S) -> Json<serde_json::Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
+/// The request body, up to `[proxy] max_body_bytes` (413 in OpenAI's shape beyond).
+async fn read_limited(s: &AppState, body: axum::body::Body) -> Result<axum::body::Bytes, Response> {
+    let max = s.config().config.proxy.max_body_bytes;
+    forward::read_body(body, usize::try_from(max).unwrap_or(usize::MAX))
+        .await
+        .map_err(|e| {
+            oai_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+                format!("request body over the limit of {max} bytes ({e})"),
+            )
+        })
+}
+
 #[derive(Deserialize)]
 struct ModelField {
     model: Option<String>,
@@ -125,17 +140,9 @@ struct ModelField {
 async fn by_model(State(s): S, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let max = s.config().config.proxy.max_body_bytes;
-    let bytes = match forward::read_body(body, usize::try_from(max).unwrap_or(usize::MAX)).await {
+    let bytes = match read_limited(&s, body).await {
         Ok(b) => b,
-        Err(e) => {
-            return oai_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "request_too_large",
-                format!("request body over the limit of {max} bytes ({e})"),
-            )
-        }
+        Err(r) => return r,
     };
     let model = match serde_json::from_slice::<ModelField>(&bytes) {
         Ok(ModelField { model: Some(m) }) if !m.is_empty() => m,
@@ -203,17 +210,9 @@ async fn direct(State(s): S, Path((name, path)): Path<(String, String)>, req: Re
         );
     }
     let (parts, body) = req.into_parts();
-    let max = s.config().config.proxy.max_body_bytes;
-    let bytes = match forward::read_body(body, usize::try_from(max).unwrap_or(usize::MAX)).await {
+    let bytes = match read_limited(&s, body).await {
         Ok(b) => b,
-        Err(e) => {
-            return oai_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "request_too_large",
-                e,
-            )
-        }
+        Err(r) => return r,
     };
     let q = parts
         .uri
