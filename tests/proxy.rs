@@ -1,7 +1,7 @@
 //! The OpenAI-compatible proxy in front of real instances.
 
 use crate::util::sandbox::DaemonUnit;
-use crate::util::{api, fake_backend, free_port, get, http, llama_backend, wait_for};
+use crate::util::{api, fake_backend, free_port, get, http, llama_backend, sample, wait_for};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -32,12 +32,6 @@ fn chat(port: u16, body: Value) -> crate::util::Reply {
         b.as_bytes(),
     )
     .unwrap()
-}
-
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn state(d: &DaemonUnit, name: &str) -> Value {

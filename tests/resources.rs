@@ -1,7 +1,7 @@
 //! Per-instance resource metrics against real units: the numbers in /metrics are the cgroup's.
 
 use crate::util::sandbox::DaemonUnit;
-use crate::util::{api, fake_backend, free_port, get, promtool_check, wait_for};
+use crate::util::{api, fake_backend, free_port, get, promtool_check, sample, wait_for};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -41,13 +41,6 @@ fn create_start(d: &DaemonUnit, name: &str, spec: Value) {
         None,
     );
     assert_eq!(r.status, 200, "{}", r.body);
-}
-
-/// The value of one series in a scrape.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn cgroup_file(d: &DaemonUnit, controller: &str, name: &str, file: &str) -> u64 {

@@ -98,7 +98,7 @@ fn state_dir_check(dir: &Path) -> Check {
 /// Specs are loaded at start (a store that cannot be opened stops the daemon); corrupt files
 /// are a warning, not a failure: the other instances work.
 fn instances_check(state: &AppState) -> Check {
-    let n = state.instances.list().len();
+    let n = state.instances.count();
     let corrupt = state.instances.corrupt();
     if corrupt.is_empty() {
         Check::new(
@@ -227,7 +227,7 @@ pub async fn system(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         },
         "state_dir": state.state_dir,
         "instances": {
-            "total": state.instances.list().len(),
+            "total": state.instances.count(),
             "corrupt_specs": state.instances.corrupt(),
             "orphan_units": orphans,
         },

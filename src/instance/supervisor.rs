@@ -188,6 +188,10 @@ impl Supervisor {
         })
     }
 
+    pub fn count(&self) -> usize {
+        self.table().instances.len()
+    }
+
     pub fn list(&self) -> Vec<Value> {
         self.table().instances.values().map(Self::view).collect()
     }

@@ -244,3 +244,10 @@ pub fn api(method: &str, port: u16, path: &str, body: Option<serde_json::Value>)
     http(method, port, path, headers, b.as_bytes())
         .unwrap_or_else(|e| panic!("{method} {path} on :{port}: {e}"))
 }
+
+/// The value of one series (name with its exact label set) in a Prometheus text scrape.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
