@@ -683,7 +683,10 @@ fn prometheus_scrapes_llamactl_and_the_instance(daemon_port: u16, backend_port: 
                 .replace('=', "%3D")
                 .replace(':', "%3A")
         );
+        // Prometheus answers 503 (not JSON) until it has started.
         http("GET", web, &path, &[], b"")
+            .ok()
+            .filter(|r| r.status == 200)
             .map(|r| r.json())
             .unwrap_or(Value::Null)
     };
