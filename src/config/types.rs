@@ -37,6 +37,19 @@ pub struct ServerConfig {
     pub request_timeout: HumanDuration,
     /// Largest request body accepted; larger ones get 413 before they are read.
     pub max_body_bytes: u64,
+    /// HTTP worker threads, each with its own event loop (like nginx's `worker_processes`);
+    /// 0 = one per CPU the daemon may run on.
+    pub workers: usize,
+}
+
+impl ServerConfig {
+    /// The number of HTTP worker threads to start.
+    pub fn worker_threads(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 impl Default for ServerConfig {
@@ -47,6 +60,7 @@ impl Default for ServerConfig {
             state_dir: None,
             request_timeout: HumanDuration::secs(30),
             max_body_bytes: 1024 * 1024,
+            workers: 0,
         }
     }
 }

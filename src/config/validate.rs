@@ -27,6 +27,12 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
     if c.server.request_timeout.get().is_zero() {
         return Err(invalid("server.request_timeout", "must be > 0".into()));
     }
+    if c.server.workers > 1024 {
+        return Err(invalid(
+            "server.workers",
+            format!("{} is more than 1024 threads", c.server.workers),
+        ));
+    }
     if c.server.max_body_bytes == 0 {
         return Err(invalid("server.max_body_bytes", "must be > 0".into()));
     }

@@ -128,19 +128,19 @@ async fn serve(
         state_dir,
         logging.output,
     ));
-    let app = http::router(state.clone());
-    let mut server_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        // TCP_NODELAY: streamed tokens go out as they come, not after Nagle's delay.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_shutdown.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let app = http::app(state.clone());
+    let server = http::serve::Server::start(
+        listener,
+        app,
+        cfg.server.worker_threads(),
+        shutdown_rx.clone(),
+    )
+    .context("starting the HTTP workers")?;
+    info!(
+        component = "http",
+        workers = cfg.server.worker_threads(),
+        "serving"
+    );
 
     // READY=1 once the listener is bound and the manager has answered. If it does not answer
     // within `ready_timeout`, report READY anyway with a degraded status: the API and the health
@@ -187,15 +187,14 @@ async fn serve(
 /// Graceful stop: tell systemd, stop accepting, let in-flight requests finish (bounded).
 async fn drain(
     shutdown_tx: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: http::serve::Server,
 ) -> anyhow::Result<()> {
     notify::stopping("stopping: draining requests");
     info!("stopping");
     let _ = shutdown_tx.send(true);
-    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => error!(error = %e, "HTTP server ended with an error"),
-        Ok(Err(e)) => error!(error = %e, "HTTP server task failed"),
+    match tokio::time::timeout(DRAIN_TIMEOUT, server.join()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(error = %e, "HTTP server ended with an error"),
         Err(_) => warn!("requests still running after the drain timeout; exiting anyway"),
     }
     info!("stopped");

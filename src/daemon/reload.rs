@@ -28,6 +28,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         old.server.max_body_bytes != new.server.max_body_bytes,
         "server.max_body_bytes",
     );
+    check(old.server.workers != new.server.workers, "server.workers");
     check(
         old.monitoring.prometheus.path != new.monitoring.prometheus.path,
         "monitoring.prometheus.path",

@@ -1,10 +1,13 @@
 //! The HTTP API: health endpoints, `/metrics`, JSON errors, and the middleware every route shares
 //! (request ids, timeouts, body limits, request metrics).
 
+mod app;
 pub mod error;
 pub mod health;
 mod instances;
 mod observe;
+mod request_id;
+pub mod serve;
 mod state;
 
 pub use state::{AppState, ReloadStatus};
@@ -15,11 +18,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Router};
 use std::sync::Arc;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::metrics::Format;
 use error::ApiError;
+
+/// The service a connection runs: model requests straight to the proxy, the rest via `router`.
+pub fn app(state: Arc<AppState>) -> app::App {
+    app::App::new(state.clone(), router(state))
+}
 
 /// Builds the router. The metrics path is fixed here (at start); whether metrics are served is
 /// read per request, so a reload can switch them off and on.
@@ -72,7 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             observe::observe,
         ))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(request_id::FastRequestId))
         .with_state(state)
 }
 

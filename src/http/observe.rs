@@ -4,7 +4,7 @@
 use super::AppState;
 use axum::body::Body;
 use axum::extract::{MatchedPath, State};
-use axum::http::{Method, Request};
+use axum::http::{HeaderValue, Method, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use std::sync::Arc;
@@ -33,28 +33,38 @@ pub async fn observe(
 ) -> Response {
     let start = Instant::now();
     let method = method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| UNMATCHED.to_string());
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    // `MatchedPath` and `HeaderValue` clone by reference count.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let request_id = req.headers().get("x-request-id").cloned();
     let res = next.run(req).await;
-    let secs = start.elapsed().as_secs_f64();
-    let status = res.status().as_u16();
-    state.metrics.observe_request(method, &route, status, secs);
-    tracing::debug!(
+    let route = route.as_ref().map_or(UNMATCHED, |r| r.as_str());
+    record(
+        &state,
         method,
-        route = %route,
-        status,
-        duration_ms = secs * 1000.0,
-        request_id = %request_id,
-        "request"
+        route,
+        res.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+        request_id.as_ref(),
     );
     res
+}
+
+/// Counts one request in the API metrics and logs it at debug level.
+pub fn record(
+    state: &AppState,
+    method: &str,
+    route: &str,
+    status: u16,
+    secs: f64,
+    request_id: Option<&HeaderValue>,
+) {
+    state.metrics.observe_request(method, route, status, secs);
+    tracing::debug!(
+        method,
+        route,
+        status,
+        duration_ms = secs * 1000.0,
+        request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or(""),
+        "request"
+    );
 }

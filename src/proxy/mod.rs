@@ -16,7 +16,7 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 type S = State<Arc<AppState>>;
@@ -29,9 +29,15 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/instances/{name}/proxy/{*path}", any(direct))
 }
 
-fn upstream() -> &'static forward::Upstream {
-    static CLIENT: OnceLock<forward::Upstream> = OnceLock::new();
-    CLIENT.get_or_init(forward::client)
+thread_local! {
+    /// One upstream pool per HTTP worker thread: a kept-alive backend connection is driven by a
+    /// task on the thread that made it, so a request and its upstream exchange never wake
+    /// another thread (see `crate::http::serve`).
+    static UPSTREAM: forward::Upstream = forward::client();
+}
+
+fn upstream() -> forward::Upstream {
+    UPSTREAM.with(Clone::clone)
 }
 
 /// OpenAI's error shape.
@@ -117,8 +123,7 @@ async fn models(State(s): S) -> Json<serde_json::Value> {
 }
 
 /// The request body, up to `[proxy] max_body_bytes` (413 in OpenAI's shape beyond).
-async fn read_limited(s: &AppState, body: axum::body::Body) -> Result<axum::body::Bytes, Response> {
-    let max = s.config().config.proxy.max_body_bytes;
+async fn read_limited(max: u64, body: axum::body::Body) -> Result<axum::body::Bytes, Response> {
     forward::read_body(body, usize::try_from(max).unwrap_or(usize::MAX))
         .await
         .map_err(|e| {
@@ -136,11 +141,30 @@ struct ModelField {
     model: Option<String>,
 }
 
-/// `POST /v1/*`: route by `model`.
+/// `POST /v1/*` through the router (the daemon's front door calls `model_request` directly).
 async fn by_model(State(s): S, req: Request) -> Response {
+    model_request(&s, req).await
+}
+
+/// A model request: routed by its `model` field, started on demand, forwarded.
+pub async fn model_request(s: &AppState, req: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let bytes = match read_limited(&s, body).await {
+    let max = s.config().config.proxy.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&l| l > max) {
+        return oai_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("request body of {len} bytes is over the limit of {max} bytes"),
+        );
+    }
+    let bytes = match read_limited(max, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -181,7 +205,7 @@ async fn by_model(State(s): S, req: Request) -> Response {
         .map(|p| p.as_str())
         .unwrap_or("/");
     send(
-        &s,
+        s,
         &name,
         endpoint(parts.uri.path()),
         &parts.method,
@@ -210,7 +234,8 @@ async fn direct(State(s): S, Path((name, path)): Path<(String, String)>, req: Re
         );
     }
     let (parts, body) = req.into_parts();
-    let bytes = match read_limited(&s, body).await {
+    let max = s.config().config.proxy.max_body_bytes;
+    let bytes = match read_limited(max, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -267,7 +292,7 @@ async fn send(
                 instance: name.to_string(),
                 endpoint,
                 started,
-                _in_flight: guard,
+                _in_flight: Some(guard),
             },
         ),
         Err(e) => {
