@@ -1,8 +1,8 @@
-//! Sending a request to a backend and streaming its answer back: a keep-alive pool per backend
-//! with TCP_NODELAY, hop-by-hop headers dropped, the body passed through frame by frame (never
+//! Sending a request to a backend and streaming its answer back: hop-by-hop headers dropped, the body passed through frame by frame (never
 //! buffered), watched on the way for token counts, and metrics recorded when it ends — or when
 //! the client goes away, which drops the upstream connection and so cancels the generation.
 
+use super::pool::Lease;
 use super::tokens::{SseScanner, Usage};
 use crate::instance::demand::InFlight;
 use crate::metrics::proxy::ProxyMetrics;
@@ -11,24 +11,9 @@ use axum::http::{header, HeaderMap, HeaderName, Request, Response};
 use bytes::BytesMut;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
-
-pub type Upstream = Client<HttpConnector, Full<Bytes>>;
-
-pub fn client() -> Upstream {
-    let mut c = HttpConnector::new();
-    c.set_nodelay(true);
-    c.set_connect_timeout(Some(Duration::from_secs(10)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
-        .build(c)
-}
+use std::time::Instant;
 
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -60,6 +45,9 @@ pub struct Watch {
     /// Held for its `Drop`: the request stops counting as in flight when the stream ends.
     /// (`None` only in tests, which have no supervisor.)
     pub _in_flight: Option<InFlight>,
+    /// The upstream connection, back to the pool once the body is done with. (The body is
+    /// `Tap`'s first field, so it is dropped first.)
+    pub _lease: Lease,
 }
 
 enum Scan {
@@ -82,10 +70,11 @@ const HOLD_TURNS: u8 = 2;
 /// The backend's response body on its way to the client: passes frames through as they come,
 /// notes the time to first byte, scans for token counts, and records the metrics at the end.
 ///
-/// After the first frame (which goes out at once), a frame is held for up to `HOLD_TURNS` turns
-/// of the scheduler so that the upstream connection can hand over whatever else it has already
-/// read: an SSE burst then leaves in one write instead of one write per event. Nothing waits
-/// for the backend's socket; the hold ends as soon as the upstream has nothing more ready.
+/// Writes are coalesced without waiting for the backend: the response head goes out with
+/// whatever body the upstream connection had already read (`prefill`), and afterwards, a frame
+/// (other than the very first) is held for up to `HOLD_TURNS` turns of the scheduler so that the
+/// upstream connection can hand over whatever else it has already read. An SSE burst then
+/// leaves in one write instead of one write per event; a token that comes alone goes out alone.
 struct Tap {
     body: Incoming,
     watch: Watch,
@@ -96,6 +85,8 @@ struct Tap {
     held: Option<Held>,
     /// Scheduler turns given up since the last frame arrived while holding.
     turns: u8,
+    /// `held` came from `prefill` and goes out on the first poll, with the response head.
+    prefilled: bool,
     /// What the upstream said after the held data: its end, trailers, or an error.
     after_held: Option<Option<Result<Frame<Bytes>, hyper::Error>>>,
 }
@@ -189,6 +180,52 @@ impl Tap {
     }
 }
 
+impl Tap {
+    /// Before the response head goes to the client: takes whatever body the upstream connection
+    /// has already read (for a short answer, all of it), giving it `HOLD_TURNS` scheduler turns
+    /// to pass each frame on, so that the head and that data leave in one write. Never waits
+    /// for the backend's socket.
+    fn prefill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(d) if d.is_empty() => {}
+                    Ok(d) => {
+                        self.seen(&d);
+                        let held = match self.held.take() {
+                            None => Held::One(d),
+                            Some(h) => h.push(d),
+                        };
+                        let full = held.len() >= COALESCE_MAX;
+                        self.held = Some(held);
+                        self.turns = 0;
+                        if full || self.body.is_end_stream() {
+                            break;
+                        }
+                    }
+                    Err(trailers) => {
+                        self.after_held = Some(Some(Ok(trailers)));
+                        break;
+                    }
+                },
+                Poll::Ready(end_or_err) => {
+                    self.after_held = Some(end_or_err);
+                    break;
+                }
+                Poll::Pending if self.turns < HOLD_TURNS => {
+                    self.turns += 1;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Pending => break,
+            }
+        }
+        self.turns = 0;
+        self.prefilled = true;
+        Poll::Ready(())
+    }
+}
+
 impl HttpBody for Tap {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -198,6 +235,11 @@ impl HttpBody for Tap {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
+        if std::mem::take(&mut this.prefilled) {
+            if let Some(h) = this.held.take() {
+                return Poll::Ready(Some(Ok(Frame::data(h.into_bytes()))));
+            }
+        }
         if this.held.is_none() {
             if let Some(next) = this.after_held.take() {
                 return this.after(next);
@@ -287,7 +329,7 @@ impl Drop for Tap {
 }
 
 /// Streams the backend's response to the client through the tap.
-pub fn respond(res: Response<Incoming>, watch: Watch) -> Response<Body> {
+pub async fn respond(res: Response<Incoming>, watch: Watch) -> Response<Body> {
     let (parts, incoming) = res.into_parts();
     let ctype = parts
         .headers
@@ -301,7 +343,7 @@ pub fn respond(res: Response<Incoming>, watch: Watch) -> Response<Body> {
     } else {
         Scan::None
     };
-    let tap = Tap {
+    let mut tap = Tap {
         body: incoming,
         watch,
         status: parts.status.as_u16(),
@@ -310,8 +352,10 @@ pub fn respond(res: Response<Incoming>, watch: Watch) -> Response<Body> {
         finished: false,
         held: None,
         turns: 0,
+        prefilled: false,
         after_held: None,
     };
+    std::future::poll_fn(|cx| tap.prefill(cx)).await;
     let mut out = Response::builder().status(parts.status);
     if let Some(h) = out.headers_mut() {
         copy_headers(&parts.headers, h);
@@ -320,7 +364,7 @@ pub fn respond(res: Response<Incoming>, watch: Watch) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
-/// Builds the upstream request for `http://addr{path_and_query}`.
+/// Builds the upstream request for `path_and_query` on the backend at `addr` (`host:port`).
 pub fn upstream_request(
     method: &axum::http::Method,
     headers: &HeaderMap,
@@ -330,9 +374,10 @@ pub fn upstream_request(
 ) -> Result<Request<Full<Bytes>>, axum::http::Error> {
     let mut req = Request::builder()
         .method(method.clone())
-        .uri(format!("http://{addr}{path_and_query}"));
+        .uri(path_and_query);
     if let Some(h) = req.headers_mut() {
         copy_headers(headers, h);
+        h.insert(header::HOST, header::HeaderValue::from_str(addr)?);
         h.insert(
             HeaderName::from_static("x-forwarded-proto"),
             header::HeaderValue::from_static("http"),
@@ -355,6 +400,7 @@ mod tests {
     use super::*;
     use crate::metrics::proxy::TokenLabels;
     use axum::http::Method;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::mpsc;
@@ -395,15 +441,18 @@ mod tests {
             Bytes::from_static(b"{}"),
         )
         .expect("request");
-        let res = client().request(req).await.expect("backend answers");
+        let (res, lease) = super::super::pool::send(&addr.to_string(), req)
+            .await
+            .expect("backend answers");
         let watch = Watch {
             metrics: metrics.clone(),
             instance: "t".into(),
             endpoint: "chat_completions",
             started: Instant::now(),
             _in_flight: None,
+            _lease: lease,
         };
-        (respond(res, watch).into_body(), metrics)
+        (respond(res, watch).await.into_body(), metrics)
     }
 
     fn tokens(m: &ProxyMetrics, kind: &str) -> u64 {
@@ -416,7 +465,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn an_sse_burst_leaves_in_one_write_after_the_first_event() {
+    async fn an_sse_burst_read_with_the_head_leaves_in_one_write() {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
         tokio::spawn(async move {
@@ -437,8 +486,7 @@ mod tests {
             }
         }
         assert_eq!(frames.concat(), EVENTS.concat().as_bytes());
-        assert_eq!(frames.len(), 2, "first event alone, then the rest together");
-        assert_eq!(frames[0], EVENTS[0].as_bytes());
+        assert_eq!(frames.len(), 1, "one frame, written with the head");
         assert_eq!(
             (tokens(&metrics, "prompt"), tokens(&metrics, "completion")),
             (5, 2)

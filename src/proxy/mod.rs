@@ -4,6 +4,7 @@
 //! `/props`, `/metrics`). Errors use OpenAI's shape: `{"error":{"message","type","code"}}`.
 
 mod forward;
+mod pool;
 pub mod tokens;
 
 use crate::http::AppState;
@@ -27,17 +28,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/{*rest}", post(by_model))
         .route("/infill", post(by_model))
         .route("/api/v1/instances/{name}/proxy/{*path}", any(direct))
-}
-
-thread_local! {
-    /// One upstream pool per HTTP worker thread: a kept-alive backend connection is driven by a
-    /// task on the thread that made it, so a request and its upstream exchange never wake
-    /// another thread (see `crate::http::serve`).
-    static UPSTREAM: forward::Upstream = forward::client();
-}
-
-fn upstream() -> forward::Upstream {
-    UPSTREAM.with(Clone::clone)
 }
 
 /// OpenAI's error shape.
@@ -284,17 +274,21 @@ async fn send(
             )
         }
     };
-    match upstream().request(req).await {
-        Ok(res) => forward::respond(
-            res,
-            forward::Watch {
-                metrics: s.metrics.proxy.clone(),
-                instance: name.to_string(),
-                endpoint,
-                started,
-                _in_flight: Some(guard),
-            },
-        ),
+    match pool::send(&addr, req).await {
+        Ok((res, lease)) => {
+            forward::respond(
+                res,
+                forward::Watch {
+                    metrics: s.metrics.proxy.clone(),
+                    instance: name.to_string(),
+                    endpoint,
+                    started,
+                    _in_flight: Some(guard),
+                    _lease: lease,
+                },
+            )
+            .await
+        }
         Err(e) => {
             s.metrics
                 .proxy
