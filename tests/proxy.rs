@@ -1,7 +1,7 @@
 //! The OpenAI-compatible proxy in front of real instances.
 
 use crate::util::sandbox::DaemonUnit;
-use crate::util::{api, fake_backend, free_port, get, http, llama_backend, sample, wait_for};
+use crate::util::{api, free_port, get, http, llama_backend, sample, wait_for};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -209,25 +209,31 @@ fn real_llama_server_behind_the_proxy() {
     );
 }
 
-fn fake(extra: Value) -> Value {
-    let mut v = json!({"backend_type": "command", "on_demand_start": true,
-        "backend_options": {"command": [fake_backend().display().to_string(), "--port", "{port}", "--ready-after", "500"]}});
-    for (k, x) in extra.as_object().unwrap() {
-        v[k] = x.clone();
-    }
-    v
+/// A real llama-server instance spec (started on demand), `threads` CPU threads each.
+fn llama(model: &str) -> Value {
+    json!({"backend_type": "llama_cpp", "on_demand_start": true,
+        "backend_options": {"model": model, "ctx_size": 1024, "threads": 1}})
+}
+
+fn llama_daemon(test: &str, extra: &str) -> DaemonUnit {
+    let (server, _) = llama_backend();
+    daemon(
+        test,
+        &format!("{extra}[backends.llama_cpp]\ncommand = \"{server}\"\n"),
+    )
 }
 
 #[test]
 fn concurrent_first_requests_share_one_start() {
     unit_test!();
-    let d = daemon("proxy-herd", "");
+    let (_, model) = llama_backend();
+    let d = llama_daemon("proxy-herd", "");
     assert_eq!(
         api(
             "POST",
             d.port,
             "/api/v1/instances/herd",
-            Some(fake(json!({})))
+            Some(llama(&model))
         )
         .status,
         201
@@ -235,12 +241,19 @@ fn concurrent_first_requests_share_one_start() {
     let port = d.port;
     let threads: Vec<_> = (0..10)
         .map(|i| {
-            std::thread::spawn(move || chat(port, json!({"model": "herd", "messages": [{"role": "user", "content": format!("hi {i}")}]})).status)
+            std::thread::spawn(move || {
+                let r = chat(
+                    port,
+                    json!({"model": "herd", "max_tokens": 4,
+                    "messages": [{"role": "user", "content": format!("hi {i}")}]}),
+                );
+                assert_eq!(r.status, 200, "{}", r.body);
+                r.json()["usage"]["completion_tokens"].as_u64().unwrap()
+            })
         })
         .collect();
-    for t in threads {
-        assert_eq!(t.join().unwrap(), 200);
-    }
+    let completion: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(completion >= 10, "{completion}");
     let m = get(d.port, "/metrics").body;
     assert_eq!(
         sample(
@@ -255,7 +268,7 @@ fn concurrent_first_requests_share_one_start() {
             &m,
             "llamactl_instance_tokens_total{instance_name=\"herd\",type=\"completion\"}"
         ),
-        Some(30.0)
+        Some(completion as f64)
     );
     let starts = d
         .journal()
@@ -276,28 +289,26 @@ fn concurrent_first_requests_share_one_start() {
 #[test]
 fn max_running_evicts_the_least_recently_used() {
     unit_test!();
-    let d = daemon("proxy-lru", "max_running = 1\n");
+    let (_, model) = llama_backend();
+    let d = llama_daemon("proxy-lru", "max_running = 1\n");
     for n in ["lru-a", "lru-b"] {
         assert_eq!(
             api(
                 "POST",
                 d.port,
                 &format!("/api/v1/instances/{n}"),
-                Some(fake(json!({})))
+                Some(llama(&model))
             )
             .status,
             201
         );
     }
-    assert_eq!(
-        chat(d.port, json!({"model": "lru-a", "messages": []})).status,
-        200
-    );
+    let hi = |m: &str| json!({"model": m, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]});
+    let r = chat(d.port, hi("lru-a"));
+    assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(state(&d, "lru-a"), "ready");
-    assert_eq!(
-        chat(d.port, json!({"model": "lru-b", "messages": []})).status,
-        200
-    );
+    let r = chat(d.port, hi("lru-b"));
+    assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(state(&d, "lru-b"), "ready");
     assert_eq!(state(&d, "lru-a"), "stopped", "evicted");
     let m = get(d.port, "/metrics").body;

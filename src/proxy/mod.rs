@@ -4,10 +4,11 @@
 //! `/props`, `/metrics`). Errors use OpenAI's shape: `{"error":{"message","type","code"}}`.
 
 mod forward;
-mod pool;
 pub mod tokens;
+mod upstream;
 
 use crate::http::AppState;
+use crate::instance::demand::InFlight;
 use crate::instance::spec::InstanceOptions;
 use crate::instance::OpError;
 use axum::extract::{Path, Request, State};
@@ -185,6 +186,9 @@ pub async fn model_request(s: &AppState, req: Request) -> Response {
             format!("the model {model:?} does not exist (GET /v1/models lists them)"),
         );
     };
+    // In flight from here on, so neither idle stop nor eviction can take the instance away
+    // between it being made ready and the request reaching it.
+    let in_flight = s.instances.begin_request(&name);
     let timeout = s.config().config.proxy.start_timeout.get();
     if let Err(e) = s.instances.ensure_ready(&name, timeout).await {
         return op_error(e);
@@ -197,6 +201,7 @@ pub async fn model_request(s: &AppState, req: Request) -> Response {
     send(
         s,
         &name,
+        in_flight,
         endpoint(parts.uri.path()),
         &parts.method,
         &parts.headers,
@@ -235,9 +240,11 @@ async fn direct(State(s): S, Path((name, path)): Path<(String, String)>, req: Re
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
     let pq = format!("/{path}{q}");
+    let in_flight = s.instances.begin_request(&name);
     send(
         &s,
         &name,
+        in_flight,
         "direct",
         &parts.method,
         &parts.headers,
@@ -252,6 +259,7 @@ async fn direct(State(s): S, Path((name, path)): Path<(String, String)>, req: Re
 async fn send(
     s: &AppState,
     name: &str,
+    in_flight: InFlight,
     endpoint: &'static str,
     method: &axum::http::Method,
     headers: &axum::http::HeaderMap,
@@ -262,33 +270,19 @@ async fn send(
     let Some(addr) = s.instances.backend_addr(name) else {
         return op_error(OpError::NotFound(format!("no instance named {name:?}")));
     };
-    let guard = s.instances.begin_request(name);
-    let req = match forward::upstream_request(method, headers, &addr, path_and_query, body) {
-        Ok(r) => r,
-        Err(e) => {
-            return oai_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_request",
-                e.to_string(),
-            )
-        }
-    };
-    match pool::send(&addr, req).await {
-        Ok((res, lease)) => {
-            forward::respond(
-                res,
-                forward::Watch {
-                    metrics: s.metrics.proxy.clone(),
-                    instance: name.to_string(),
-                    endpoint,
-                    started,
-                    _in_flight: Some(guard),
-                    _lease: lease,
-                },
-            )
-            .await
-        }
+    let head = upstream::encode_head(method, path_and_query, headers, &addr, body.len());
+    match upstream::send(&addr, &head, &body, method).await {
+        Ok((head, body)) => forward::respond(
+            head,
+            body,
+            forward::Watch {
+                metrics: s.metrics.proxy.clone(),
+                instance: name.to_string(),
+                endpoint,
+                started,
+                _in_flight: Some(in_flight),
+            },
+        ),
         Err(e) => {
             s.metrics
                 .proxy

@@ -1,0 +1,427 @@
+use super::*;
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+// ---------------------------------------------------------------- chunked decoding
+
+const CHUNKED: &[u8] =
+    b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nx-trailer: yes\r\n\r\n";
+
+fn decode_in_pieces(input: &[u8], cuts: &[usize]) -> io::Result<(Vec<u8>, bool)> {
+    let mut c = Chunked::default();
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+        buf.extend_from_slice(&input[at..cut]);
+        at = cut;
+        if let Some(d) = c.decode(&mut buf)? {
+            out.extend_from_slice(&d);
+        }
+    }
+    Ok((out, c.is_done()))
+}
+
+#[test]
+fn chunked_bodies_decode_the_same_however_they_are_split() {
+    for a in 0..=CHUNKED.len() {
+        for b in a..=CHUNKED.len() {
+            let (out, done) = decode_in_pieces(CHUNKED, &[a, b]).expect("decodes");
+            assert_eq!(out, b"hello 0123456789", "split at {a}, {b}");
+            assert!(done, "split at {a}, {b}");
+        }
+    }
+}
+
+#[test]
+fn chunks_that_arrive_together_come_out_as_one_piece() {
+    let mut c = Chunked::default();
+    let mut buf = BytesMut::from(CHUNKED);
+    assert_eq!(
+        c.decode(&mut buf).expect("decodes").as_deref(),
+        Some(&b"hello 0123456789"[..])
+    );
+    assert!(c.is_done() && buf.is_empty());
+    // Bare LF line ends are taken too (as hyper and nginx do).
+    let mut c = Chunked::default();
+    let mut buf = BytesMut::from(&b"2\nhi\n0\n\n"[..]);
+    assert_eq!(
+        c.decode(&mut buf).expect("decodes").as_deref(),
+        Some(&b"hi"[..])
+    );
+    assert!(c.is_done());
+}
+
+#[test]
+fn malformed_chunked_bodies_are_errors() {
+    for bad in [
+        &b"zz\r\nhello\r\n"[..],
+        b"5\r\nhelloXX\r\n",
+        b"\r\n",
+        b"11111111111111111\r\n",
+    ] {
+        let mut c = Chunked::default();
+        let mut buf = BytesMut::from(bad);
+        assert!(
+            c.decode(&mut buf).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    let mut c = Chunked::default();
+    let mut buf = BytesMut::from(&vec![b'1'; MAX_CHUNK_LINE + 1][..]);
+    assert!(c.decode(&mut buf).is_err(), "an endless size line");
+}
+
+// ---------------------------------------------------------------- heads
+
+fn parsed(head: &str) -> Parsed {
+    parse_head(head.as_bytes())
+        .expect("valid")
+        .expect("complete")
+}
+
+#[test]
+fn response_framing_follows_rfc_9112() {
+    let p = parsed("HTTP/1.1 200 OK\r\nContent-Length: 12\r\nX-A: b\r\n\r\n");
+    assert!(matches!(p.framing, Framing::Length(12)) && p.keep_alive);
+    assert_eq!(
+        p.head.headers.get("x-a").map(|v| v.as_bytes()),
+        Some(&b"b"[..])
+    );
+    assert!(
+        p.head.headers.get("content-length").is_none(),
+        "hyper frames it anew"
+    );
+    let p = parsed("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert!(
+        matches!(p.framing, Framing::Chunked(_)),
+        "a coding wins over a length"
+    );
+    assert!(p.head.headers.get("transfer-encoding").is_none());
+    let p = parsed("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+    assert!(matches!(p.framing, Framing::Eof));
+    let p = parsed("HTTP/1.1 200 OK\r\n\r\n");
+    assert!(matches!(p.framing, Framing::Eof));
+    let p = parsed("HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n");
+    assert!(!p.keep_alive);
+    let p = parsed("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(!p.keep_alive, "HTTP/1.0 closes unless it says keep-alive");
+    let p = parsed("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n");
+    assert!(p.keep_alive);
+    assert_eq!(
+        p.len,
+        "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n".len()
+    );
+}
+
+#[test]
+fn incomplete_and_invalid_heads() {
+    assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le")
+        .expect("valid")
+        .is_none());
+    for bad in [
+        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        "SMTP ready\r\n\r\n",
+        "HTTP/1.1 042 What\r\n\r\n",
+    ] {
+        assert!(parse_head(bad.as_bytes()).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn request_heads_drop_this_hops_headers() {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert("connection", HeaderValue::from_static("keep-alive"));
+    h.insert("host", HeaderValue::from_static("front:8080"));
+    h.insert("content-length", HeaderValue::from_static("999"));
+    h.insert("expect", HeaderValue::from_static("100-continue"));
+    h.insert("authorization", HeaderValue::from_static("Bearer k"));
+    let head = encode_head(&Method::POST, "/v1/x?a=1", &h, "127.0.0.1:9", 2);
+    let head = String::from_utf8(head).expect("ascii");
+    assert!(
+        head.starts_with("POST /v1/x?a=1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("content-type: application/json\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("authorization: Bearer k\r\n"), "{head}");
+    assert!(head.contains("x-forwarded-proto: http\r\n"), "{head}");
+    assert!(head.ends_with("content-length: 2\r\n\r\n"), "{head}");
+    for gone in ["connection", "front:8080", "999", "expect"] {
+        assert!(!head.contains(gone), "{gone} in {head}");
+    }
+    let get = String::from_utf8(encode_head(
+        &Method::GET,
+        "/slots",
+        &HeaderMap::new(),
+        "h:1",
+        0,
+    ))
+    .expect("ascii");
+    assert!(!get.contains("content-length"), "{get}");
+}
+
+// ---------------------------------------------------------------- against sockets
+
+/// A backend that answers each request (head, then `content-length` body bytes) on a
+/// connection with the next of `answers`, then closes; counts connections and requests.
+struct Backend {
+    addr: String,
+    conns: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+async fn backend(answers: Vec<&'static str>) -> Backend {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (c, r) = (conns.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let answers = answers.clone();
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for answer in answers {
+                    if read_request(&mut s, &mut seen).await.is_none() {
+                        return;
+                    }
+                    r.fetch_add(1, Ordering::SeqCst);
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                // Then close, as a backend with a keep-alive limit does.
+            });
+        }
+    });
+    Backend {
+        addr,
+        conns,
+        requests,
+    }
+}
+
+/// Reads one request (head and body); `None` once the client closed.
+async fn read_request(s: &mut TcpStream, seen: &mut Vec<u8>) -> Option<()> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if seen.len() >= end + 4 + len {
+                seen.drain(..end + 4 + len);
+                return Some(());
+            }
+        }
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn request(addr: &str, method: Method) -> Result<(Head, Body), UpstreamError> {
+    let body = Bytes::from_static(b"{}");
+    let head = encode_head(&method, "/x", &HeaderMap::new(), addr, body.len());
+    send(addr, &head, &body, &method).await
+}
+
+async fn fetch(addr: &str) -> Result<(StatusCode, Bytes), String> {
+    let (head, body) = request(addr, Method::POST)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((head.status, bytes))
+}
+
+const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+#[tokio::test(flavor = "current_thread")]
+async fn sequential_requests_reuse_one_connection() {
+    let b = backend(vec![OK; 10]).await;
+    for _ in 0..5 {
+        assert_eq!(
+            fetch(&b.addr).await,
+            Ok((StatusCode::OK, Bytes::from("ok")))
+        );
+    }
+    assert_eq!(b.conns.load(Ordering::SeqCst), 1);
+    assert_eq!(b.requests.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_the_backend_closed_is_not_reused() {
+    // One answer per connection, then the backend closes.
+    let b = backend(vec![OK]).await;
+    for _ in 0..3 {
+        assert_eq!(
+            fetch(&b.addr).await,
+            Ok((StatusCode::OK, Bytes::from("ok")))
+        );
+        // Let the close arrive.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.conns.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        b.requests.load(Ordering::SeqCst),
+        3,
+        "nothing was sent twice"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_answer_that_says_close_is_the_connections_last() {
+    let close = "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+    let b = backend(vec![close, OK, OK]).await;
+    for _ in 0..2 {
+        assert_eq!(
+            fetch(&b.addr).await,
+            Ok((StatusCode::OK, Bytes::from("ok")))
+        );
+    }
+    assert_eq!(b.conns.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn chunked_and_until_close_bodies_arrive_whole() {
+    let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+    let b = backend(vec![chunked, chunked]).await;
+    for _ in 0..2 {
+        assert_eq!(
+            fetch(&b.addr).await,
+            Ok((StatusCode::OK, Bytes::from("ok")))
+        );
+    }
+    assert_eq!(
+        b.conns.load(Ordering::SeqCst),
+        1,
+        "a chunked answer keeps the connection"
+    );
+    let b = backend(vec!["HTTP/1.1 200 OK\r\n\r\nuntil close"]).await;
+    assert_eq!(
+        fetch(&b.addr).await,
+        Ok((StatusCode::OK, Bytes::from("until close")))
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn interim_answers_are_skipped_and_head_answers_have_no_body() {
+    let b = backend(vec![
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+    ])
+    .await;
+    assert_eq!(
+        fetch(&b.addr).await,
+        Ok((StatusCode::CREATED, Bytes::from("ok")))
+    );
+    let b = backend(vec!["HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n", OK]).await;
+    let (head, body) = request(&b.addr, Method::HEAD).await.expect("answer");
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(body.is_end_stream());
+    drop(body);
+    assert_eq!(
+        fetch(&b.addr).await,
+        Ok((StatusCode::OK, Bytes::from("ok")))
+    );
+    assert_eq!(b.conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_backend_that_closes_without_answering_is_an_error_and_not_retried() {
+    // A backend that reads the request, then closes.
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = Vec::new();
+            if read_request(&mut s, &mut buf).await.is_some() {
+                s2.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let e = request(&addr, Method::POST).await.err().expect("fails");
+    assert!(matches!(e, UpstreamError::ClosedBeforeAnswer), "{e}");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_body_cut_short_is_an_error() {
+    let b = backend(vec!["HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"]).await;
+    let e = fetch(&b.addr).await.expect_err("cut short");
+    assert!(e.contains("before the end of the body"), "{e}");
+    let b = backend(vec![
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+    ])
+    .await;
+    assert!(fetch(&b.addr).await.is_err());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_a_body_half_read_closes_its_connection() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        read_request(&mut s, &mut buf).await.expect("request");
+        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            .await
+            .expect("write");
+        // Wait for the proxy side to go away.
+        let mut b = [0u8; 16];
+        let n = s.read(&mut b).await.unwrap_or(0);
+        let _ = closed_tx.send(n);
+    });
+    let (_, mut body) = request(&addr, Method::POST).await.expect("answer");
+    let f = body.frame().await.expect("a frame").expect("data");
+    assert_eq!(f.into_data().ok().as_deref(), Some(&b"abc"[..]));
+    drop(body);
+    let n = tokio::time::timeout(Duration::from_secs(10), closed_rx)
+        .await
+        .expect("the backend sees the close")
+        .expect("sent");
+    assert_eq!(n, 0, "EOF, not another request");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn nothing_listening_is_a_connect_error() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    drop(l);
+    let e = request(&addr, Method::POST).await.err().expect("fails");
+    assert!(matches!(e, UpstreamError::Connect { .. }), "{e}");
+    assert!(e.to_string().contains(&addr), "{e}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_oversized_head_is_refused() {
+    let huge: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\n",
+            "a".repeat(MAX_HEAD + 10)
+        )
+        .into_boxed_str(),
+    );
+    let b = backend(vec![huge]).await;
+    let e = fetch(&b.addr).await.expect_err("refused");
+    assert!(e.contains("response head over"), "{e}");
+}
