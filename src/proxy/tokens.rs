@@ -4,7 +4,7 @@
 //! This runs on every proxied request, so it avoids building a `serde_json::Value` of the whole
 //! answer (that was 6% of the proxy's CPU): a text that does not mention `"usage"` or `"timings"`
 //! is not parsed at all, and one that does is parsed into a probe that borrows the two objects
-//! and skips everything else.
+//! and skips everything else (from those keys on, when that is enough: see `absorb_json`).
 
 use memchr::{memchr, memmem};
 use serde::Deserialize;
@@ -42,20 +42,37 @@ struct Timings {
     predicted_per_second: Option<serde_json::Number>,
 }
 
-fn mentions_counts(text: &[u8]) -> bool {
-    memmem::find(text, b"\"usage\"").is_some() || memmem::find(text, b"\"timings\"").is_some()
-}
-
 impl Usage {
     /// Folds one response object (a whole JSON body or one SSE event's data) in; later values
     /// win. Text that is not a JSON object, or has no counts, changes nothing.
+    ///
+    /// Both APIs put `usage` (and llama.cpp `timings`) after `choices`, so the members from the
+    /// first of those keys on are parsed first, as an object of their own: that parses, with
+    /// nothing left over, only when the keys are members of the outer object, and saves
+    /// skipping over the generated text. Otherwise the whole text is parsed.
     pub fn absorb_json(&mut self, text: &[u8]) {
-        if !mentions_counts(text) {
-            return;
-        }
-        let Ok(p) = serde_json::from_slice::<Probe>(text) else {
-            return;
+        let start = match (
+            memmem::rfind(text, b"\"usage\""),
+            memmem::rfind(text, b"\"timings\""),
+        ) {
+            (Some(u), Some(t)) => u.min(t),
+            (Some(k), None) | (None, Some(k)) => k,
+            (None, None) => return,
         };
+        if matches!(text[..start].trim_ascii_end().last(), Some(b',' | b'{')) {
+            let mut tail = Vec::with_capacity(text.len() - start + 1);
+            tail.push(b'{');
+            tail.extend_from_slice(&text[start..]);
+            if let Ok(p) = serde_json::from_slice::<Probe>(&tail) {
+                return self.absorb_probe(p);
+            }
+        }
+        if let Ok(p) = serde_json::from_slice::<Probe>(text) {
+            self.absorb_probe(p);
+        }
+    }
+
+    fn absorb_probe(&mut self, p: Probe<'_>) {
         if let Some(u) = p
             .usage
             .and_then(|r| serde_json::from_str::<OaiUsage>(r.get()).ok())
@@ -184,6 +201,32 @@ mod tests {
         let mut u = Usage::default();
         u.absorb_json(br#"{"content":"{\"usage\": {\"prompt_tokens\": 9}}"}"#);
         assert_eq!(u, Usage::default());
+    }
+
+    #[test]
+    fn only_the_outer_objects_counts_count() {
+        for nested in [
+            &br#"{"choices":[{"usage":{"prompt_tokens":9}}],"x":1}"#[..],
+            br#"{"x":{"usage":{"prompt_tokens":9}}}"#,
+            br#"[{"usage":{"prompt_tokens":9}}]"#,
+        ] {
+            let mut u = Usage::default();
+            u.absorb_json(nested);
+            assert_eq!(u, Usage::default(), "{}", String::from_utf8_lossy(nested));
+        }
+        let mut u = Usage::default();
+        u.absorb_json(br#"{"usage":{"prompt_tokens":2,"completion_tokens":1},"note":"a \"usage"}"#);
+        assert_eq!((u.prompt, u.completion), (2, 1), "found by the whole parse");
+        let mut u = Usage::default();
+        u.absorb_json(br#"{"timings":{"predicted_per_second":5.5},"choices":[], "usage" : {"prompt_tokens":1,"completion_tokens":2}}"#);
+        assert_eq!(
+            u,
+            Usage {
+                prompt: 1,
+                completion: 2,
+                per_second: Some(5.5)
+            }
+        );
     }
 
     #[test]
