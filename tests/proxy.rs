@@ -145,6 +145,13 @@ fn real_llama_server_behind_the_proxy() {
         busy(&get(d.port, "/api/v1/instances/psmol/proxy/slots").json()),
         "the stream occupies the slot"
     );
+    // The direct route passes the path on as sent: an encoded CRLF stays encoded (llama-server
+    // answers 404 for that path) and cannot start a second request on the backend connection.
+    let r = get(
+        d.port,
+        "/api/v1/instances/psmol/proxy/health%20HTTP/1.1%0D%0AX:%20y",
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
     drop(s);
     wait_for("the slot to be freed", Duration::from_secs(10), || {
         (!busy(&get(d.port, "/api/v1/instances/psmol/proxy/slots").json())).then_some(())

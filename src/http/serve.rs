@@ -49,6 +49,8 @@ impl Server {
             std::thread::Builder::new()
                 .name(format!("llamactld-http{i}"))
                 .spawn(move || {
+                    // Kept-alive backend connections are per worker thread; so is their sweep.
+                    runtime.spawn(crate::proxy::idle_sweeper());
                     let listener = Handoff { rx, local };
                     let served = runtime.block_on(
                         axum::serve(listener, app.into_make_service())

@@ -218,7 +218,8 @@ mod tests {
             &axum::http::HeaderMap::new(),
             &addr,
             body.len(),
-        );
+        )
+        .expect("a valid target");
         let (head, body) = upstream::send(&addr, &head, &body, &Method::POST)
             .await
             .expect("backend answers");

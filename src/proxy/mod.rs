@@ -7,6 +7,8 @@ mod forward;
 pub mod tokens;
 mod upstream;
 
+pub use upstream::idle_sweeper;
+
 use crate::http::AppState;
 use crate::instance::demand::InFlight;
 use crate::instance::spec::InstanceOptions;
@@ -212,9 +214,25 @@ pub async fn model_request(s: &AppState, req: Request) -> Response {
     .await
 }
 
+/// What a direct request asks of the instance: the URL's own path after
+/// `/api/v1/instances/{name}/proxy`, still percent-encoded as the client sent it, and its query.
+/// (Not the router's decoded `{path}`: `%0D%0A` in it would end the request line early.)
+fn direct_target(uri: &axum::http::Uri) -> Option<String> {
+    let rest = uri.path().strip_prefix("/api/v1/instances/")?;
+    let (_, rest) = rest.split_once('/')?;
+    let path = rest.strip_prefix("proxy")?;
+    if !path.starts_with('/') {
+        return None;
+    }
+    Some(match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    })
+}
+
 /// `ANY /api/v1/instances/{name}/proxy/{path}`: straight to a running instance (no on-demand
 /// start, as upstream).
-async fn direct(State(s): S, Path((name, path)): Path<(String, String)>, req: Request) -> Response {
+async fn direct(State(s): S, Path((name, _)): Path<(String, String)>, req: Request) -> Response {
     let started = Instant::now();
     let (state, _) = match s.instances.state_of(&name) {
         Ok(v) => v,
@@ -228,18 +246,20 @@ async fn direct(State(s): S, Path((name, path)): Path<(String, String)>, req: Re
             format!("instance {name:?} is {}", state.as_str()),
         );
     }
+    let Some(pq) = direct_target(req.uri()) else {
+        return oai_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            "not a /api/v1/instances/{name}/proxy/{path} URL",
+        );
+    };
     let (parts, body) = req.into_parts();
     let max = s.config().config.proxy.max_body_bytes;
     let bytes = match read_limited(max, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let q = parts
-        .uri
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let pq = format!("/{path}{q}");
     let in_flight = s.instances.begin_request(&name);
     send(
         &s,
@@ -270,7 +290,17 @@ async fn send(
     let Some(addr) = s.instances.backend_addr(name) else {
         return op_error(OpError::NotFound(format!("no instance named {name:?}")));
     };
-    let head = upstream::encode_head(method, path_and_query, headers, &addr, body.len());
+    let head = match upstream::encode_head(method, path_and_query, headers, &addr, body.len()) {
+        Ok(h) => h,
+        Err(e) => {
+            return oai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                e,
+            )
+        }
+    };
     match upstream::send(&addr, &head, &body, method).await {
         Ok((head, body)) => forward::respond(
             head,
@@ -294,5 +324,26 @@ async fn send(
                 format!("instance {name:?} did not answer: {e}"),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::direct_target;
+
+    #[test]
+    fn a_direct_target_is_the_url_as_sent_not_as_decoded() {
+        let t = |u: &str| direct_target(&u.parse().expect("uri"));
+        assert_eq!(
+            t("/api/v1/instances/m/proxy/slots?id=1").as_deref(),
+            Some("/slots?id=1")
+        );
+        assert_eq!(
+            t("/api/v1/instances/m/proxy/health%20HTTP/1.1%0D%0AX:%20y").as_deref(),
+            Some("/health%20HTTP/1.1%0D%0AX:%20y")
+        );
+        assert_eq!(t("/api/v1/instances/m%2Fx/proxy/a").as_deref(), Some("/a"));
+        assert_eq!(t("/api/v1/instances/m/proxyx/a"), None);
+        assert_eq!(t("/v1/models"), None);
     }
 }

@@ -20,12 +20,13 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Frame, SizeHint};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -110,14 +111,22 @@ impl Conn {
     }
 
     /// Whether an idle connection can take a request: the backend has sent nothing since the
-    /// last answer (not even its close). At most one `recv`, which usually says "nothing".
-    fn still_open(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        if self.tcp.poll_read_ready(&mut cx).is_pending() {
-            return true;
-        }
-        let mut probe = [0u8; 1];
-        matches!(self.tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    /// last answer, not even its close. Asks the socket itself (one `recv` that peeks), not the
+    /// event loop's view of it, which lags behind a close that arrived while the loop was busy.
+    fn still_open(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: `recv` writes at most 1 byte into `byte`, which lives across the call; the
+        // descriptor is this connection's open socket.
+        let n = unsafe {
+            libc::recv(
+                self.tcp.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        // Data (an answer to nothing) or the end of the stream: not reusable.
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 }
 
@@ -128,7 +137,6 @@ struct Idle {
 
 thread_local! {
     static IDLE: RefCell<HashMap<String, Vec<Idle>>> = RefCell::new(HashMap::new());
-    static LAST_SWEEP: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// The most recently used idle connection to `addr` that can still take a request.
@@ -137,7 +145,7 @@ fn checkout(addr: &str) -> Option<Conn> {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(addr)?;
         let now = Instant::now();
-        while let Some(mut i) = list.pop() {
+        while let Some(i) = list.pop() {
             if now.duration_since(i.since) < IDLE_TIMEOUT && i.conn.still_open() {
                 return Some(i.conn);
             }
@@ -146,37 +154,44 @@ fn checkout(addr: &str) -> Option<Conn> {
     })
 }
 
-/// Back to this thread's idle list. Once per `IDLE_TIMEOUT`, connections that expired (to any
-/// backend, including ones no longer asked for) are closed.
+/// Back to this thread's idle list.
 fn release(addr: &str, conn: Conn) {
     let now = Instant::now();
     let _ = IDLE.try_with(|idle| {
         let mut idle = idle.borrow_mut();
-        let sweep = LAST_SWEEP
-            .try_with(|l| {
-                let due = l
-                    .get()
-                    .is_none_or(|t| now.duration_since(t) >= IDLE_TIMEOUT);
-                if due {
-                    l.set(Some(now));
-                }
-                due
-            })
-            .unwrap_or(false);
-        if sweep {
-            idle.retain(|_, list| {
-                list.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT);
-                !list.is_empty()
-            });
-        }
         let list = match idle.get_mut(addr) {
             Some(l) => l,
             None => idle.entry(addr.to_string()).or_default(),
         };
-        if list.len() < MAX_IDLE {
-            list.push(Idle { conn, since: now });
+        if list.len() >= MAX_IDLE {
+            // The least recently used goes; the list is oldest first.
+            list.remove(0);
         }
+        list.push(Idle { conn, since: now });
     });
+}
+
+/// Closes this thread's idle connections that expired, to any backend (including ones no
+/// longer asked for, whose sockets would otherwise wait in CLOSE_WAIT). Each HTTP worker runs
+/// it every `IDLE_TIMEOUT` (`idle_sweeper`).
+fn sweep(now: Instant) {
+    let _ = IDLE.try_with(|idle| {
+        idle.borrow_mut().retain(|_, list| {
+            list.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+    });
+}
+
+/// Sweeps the calling thread's idle connections every `IDLE_TIMEOUT`, forever: spawn it on
+/// each HTTP worker's runtime.
+pub async fn idle_sweeper() {
+    let mut tick = tokio::time::interval(IDLE_TIMEOUT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        sweep(Instant::now());
+    }
 }
 
 async fn connect(addr: &str) -> Result<Conn, UpstreamError> {
@@ -196,14 +211,20 @@ async fn connect(addr: &str) -> Result<Conn, UpstreamError> {
 }
 
 /// The request head for `path_and_query` on the backend at `addr` (`host:port`), with the
-/// client's end-to-end headers.
+/// client's end-to-end headers. A target that is not one origin-form token (a space or control
+/// byte would end the request line early) is refused.
 pub fn encode_head(
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
     addr: &str,
     body_len: usize,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, String> {
+    if !path_and_query.starts_with('/') || path_and_query.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!(
+            "{path_and_query:?} is not a path the backend can be sent"
+        ));
+    }
     let mut h = Vec::with_capacity(256);
     h.extend_from_slice(method.as_str().as_bytes());
     h.push(b' ');
@@ -226,7 +247,7 @@ pub fn encode_head(
         h.extend_from_slice(b"\r\n");
     }
     h.extend_from_slice(b"\r\n");
-    h
+    Ok(h)
 }
 
 /// A backend's response head: status and end-to-end headers.
@@ -243,11 +264,18 @@ pub async fn send(
     body: &Bytes,
     method: &Method,
 ) -> Result<(Head, Body), UpstreamError> {
+    let idempotent = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     while let Some(mut conn) = checkout(addr) {
-        if write(&mut conn, head, body).await.is_ok() {
-            return exchange(conn, addr, method).await;
+        if write(&mut conn, head, body).await.is_err() {
+            // The backend had closed it and took nothing. Try the next one.
+            continue;
         }
-        // The backend had closed it; it took nothing. Try the next one.
+        match exchange(conn, addr, method).await {
+            // Closed as the request arrived: the backend may or may not have seen it, so only
+            // a request that can safely run twice is sent again.
+            Err(UpstreamError::ClosedBeforeAnswer) if idempotent => continue,
+            answer => return answer,
+        }
     }
     let mut conn = connect(addr).await?;
     write(&mut conn, head, body)
@@ -348,7 +376,6 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, UpstreamError> {
     let mut headers = HeaderMap::with_capacity(res.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
-    let mut other_coding = false;
     let mut close = !http11;
     for h in res.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -356,19 +383,30 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, UpstreamError> {
         let value = HeaderValue::from_bytes(h.value)
             .map_err(|_| invalid(format!("bad value of header {}", h.name)))?;
         if name == axum::http::header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            let digits = h.value.trim_ascii();
+            let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+                .flatten()
                 .ok_or_else(|| invalid("bad content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(invalid("conflicting content-length headers"));
             }
             length = Some(n);
         } else if name == axum::http::header::TRANSFER_ENCODING {
-            // Chunked must be the last coding; anything else means "read until close".
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            other_coding |= !chunked;
+            // Codings across all the headers form one list. Only chunked (last) is decoded
+            // here; another transfer coding (gzip, …) could not be passed on as it is.
+            for coding in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if coding.is_empty() || coding.eq_ignore_ascii_case(b"identity") {
+                    continue;
+                }
+                if !coding.eq_ignore_ascii_case(b"chunked") || chunked {
+                    return Err(invalid(format!(
+                        "unsupported transfer-encoding {:?}",
+                        String::from_utf8_lossy(h.value)
+                    )));
+                }
+                chunked = true;
+            }
         } else if name == axum::http::header::CONNECTION {
             for token in h.value.split(|&b| b == b',') {
                 let t = token.trim_ascii();
@@ -383,11 +421,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, UpstreamError> {
             headers.append(name, value);
         }
     }
-    // A transfer coding overrides any length (RFC 9112 6.3).
-    let framing = if chunked && !other_coding {
+    // A transfer coding overrides any length (RFC 9112 6.3), and a message with both is not
+    // trusted to leave the connection clean.
+    let framing = if chunked {
+        close |= length.is_some();
         Framing::Chunked(Chunked::default())
-    } else if other_coding {
-        Framing::Eof
     } else if let Some(n) = length {
         Framing::Length(n)
     } else {

@@ -102,9 +102,17 @@ fn response_framing_follows_rfc_9112() {
         matches!(p.framing, Framing::Chunked(_)),
         "a coding wins over a length"
     );
+    assert!(
+        !p.keep_alive,
+        "but the connection is not trusted afterwards"
+    );
     assert!(p.head.headers.get("transfer-encoding").is_none());
-    let p = parsed("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
-    assert!(matches!(p.framing, Framing::Eof));
+    let p = parsed(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    assert!(matches!(p.framing, Framing::Chunked(_)) && p.keep_alive);
+    let p = parsed("HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nContent-Length: 4\r\n\r\n");
+    assert!(matches!(p.framing, Framing::Length(4)));
     let p = parsed("HTTP/1.1 200 OK\r\n\r\n");
     assert!(matches!(p.framing, Framing::Eof));
     let p = parsed("HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n");
@@ -127,6 +135,12 @@ fn incomplete_and_invalid_heads() {
     for bad in [
         "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
         "SMTP ready\r\n\r\n",
         "HTTP/1.1 042 What\r\n\r\n",
     ] {
@@ -143,7 +157,7 @@ fn request_heads_drop_this_hops_headers() {
     h.insert("content-length", HeaderValue::from_static("999"));
     h.insert("expect", HeaderValue::from_static("100-continue"));
     h.insert("authorization", HeaderValue::from_static("Bearer k"));
-    let head = encode_head(&Method::POST, "/v1/x?a=1", &h, "127.0.0.1:9", 2);
+    let head = encode_head(&Method::POST, "/v1/x?a=1", &h, "127.0.0.1:9", 2).expect("valid");
     let head = String::from_utf8(head).expect("ascii");
     assert!(
         head.starts_with("POST /v1/x?a=1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\n"),
@@ -159,21 +173,34 @@ fn request_heads_drop_this_hops_headers() {
     for gone in ["connection", "front:8080", "999", "expect"] {
         assert!(!head.contains(gone), "{gone} in {head}");
     }
-    let get = String::from_utf8(encode_head(
-        &Method::GET,
-        "/slots",
-        &HeaderMap::new(),
-        "h:1",
-        0,
-    ))
-    .expect("ascii");
+    let get = encode_head(&Method::GET, "/slots", &HeaderMap::new(), "h:1", 0).expect("valid");
+    let get = String::from_utf8(get).expect("ascii");
     assert!(!get.contains("content-length"), "{get}");
+}
+
+#[test]
+fn a_target_that_would_end_the_request_line_is_refused() {
+    for bad in [
+        "/health HTTP/1.1\r\nHost: x\r\n\r\nPOST /completion",
+        "/a b",
+        "/a\tb",
+        "/a\x7f",
+        "health",
+        "",
+    ] {
+        assert!(
+            encode_head(&Method::GET, bad, &HeaderMap::new(), "h:1", 0).is_err(),
+            "{bad:?}"
+        );
+    }
+    assert!(encode_head(&Method::GET, "/a%0D%0Ab?x=%20", &HeaderMap::new(), "h:1", 0).is_ok());
 }
 
 // ---------------------------------------------------------------- against sockets
 
 /// A backend that answers each request (head, then `content-length` body bytes) on a
-/// connection with the next of `answers`, then closes; counts connections and requests.
+/// connection with the next of `answers`, then closes (at once for an empty answer); counts
+/// connections and requests.
 struct Backend {
     addr: String,
     conns: Arc<AtomicUsize>,
@@ -198,6 +225,10 @@ async fn backend(answers: Vec<&'static str>) -> Backend {
                         return;
                     }
                     r.fetch_add(1, Ordering::SeqCst);
+                    if answer.is_empty() {
+                        // Closes as the request arrives, without answering.
+                        return;
+                    }
                     if s.write_all(answer.as_bytes()).await.is_err() {
                         return;
                     }
@@ -238,14 +269,16 @@ async fn read_request(s: &mut TcpStream, seen: &mut Vec<u8>) -> Option<()> {
 
 async fn request(addr: &str, method: Method) -> Result<(Head, Body), UpstreamError> {
     let body = Bytes::from_static(b"{}");
-    let head = encode_head(&method, "/x", &HeaderMap::new(), addr, body.len());
+    let head = encode_head(&method, "/x", &HeaderMap::new(), addr, body.len()).expect("valid");
     send(addr, &head, &body, &method).await
 }
 
 async fn fetch(addr: &str) -> Result<(StatusCode, Bytes), String> {
-    let (head, body) = request(addr, Method::POST)
-        .await
-        .map_err(|e| e.to_string())?;
+    fetch_with(addr, Method::POST).await
+}
+
+async fn fetch_with(addr: &str, method: Method) -> Result<(StatusCode, Bytes), String> {
+    let (head, body) = request(addr, method).await.map_err(|e| e.to_string())?;
     let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((head.status, bytes))
 }
@@ -282,6 +315,82 @@ async fn a_connection_the_backend_closed_is_not_reused() {
         b.requests.load(Ordering::SeqCst),
         3,
         "nothing was sent twice"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_close_the_event_loop_has_not_seen_yet_is_noticed() {
+    // The backend closes right after its answer; the next request follows without the
+    // event loop turning in between.
+    let b = backend(vec![OK]).await;
+    for _ in 0..3 {
+        assert_eq!(
+            fetch(&b.addr).await,
+            Ok((StatusCode::OK, Bytes::from("ok")))
+        );
+    }
+    assert_eq!(
+        b.requests.load(Ordering::SeqCst),
+        3,
+        "nothing was sent twice"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_kept_alive_connection_closed_on_arrival_is_retried_only_for_idempotent_requests() {
+    // Each connection answers one request, then takes the next one and closes without an answer.
+    let b = backend(vec![OK, ""]).await;
+    assert_eq!(
+        fetch(&b.addr).await,
+        Ok((StatusCode::OK, Bytes::from("ok")))
+    );
+    let e = fetch(&b.addr).await.expect_err("a POST is not sent again");
+    assert!(e.contains("without answering"), "{e}");
+    assert_eq!(b.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        fetch(&b.addr).await,
+        Ok((StatusCode::OK, Bytes::from("ok")))
+    );
+    assert_eq!(
+        fetch_with(&b.addr, Method::GET).await,
+        Ok((StatusCode::OK, Bytes::from("ok"))),
+        "a GET is sent again on a new connection"
+    );
+    assert_eq!(b.requests.load(Ordering::SeqCst), 5);
+    assert_eq!(b.conns.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn expired_idle_connections_are_swept_and_the_oldest_gives_way() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let mut conns = Vec::new();
+    let mut accepted = Vec::new();
+    for _ in 0..MAX_IDLE + 1 {
+        conns.push(connect(&addr).await.expect("connect"));
+        accepted.push(l.accept().await.expect("accept").0);
+    }
+    for c in conns {
+        release(&addr, c);
+    }
+    let idle = |addr: &str| IDLE.with(|i| i.borrow().get(addr).map_or(0, Vec::len));
+    assert_eq!(idle(&addr), MAX_IDLE);
+    let mut b = [0u8; 1];
+    let first = tokio::time::timeout(Duration::from_secs(10), accepted[0].read(&mut b));
+    assert_eq!(
+        first.await.expect("closed").expect("EOF"),
+        0,
+        "the oldest was closed"
+    );
+    sweep(Instant::now());
+    assert_eq!(idle(&addr), MAX_IDLE, "not expired yet");
+    sweep(Instant::now() + IDLE_TIMEOUT);
+    assert_eq!(idle(&addr), 0);
+    let last = tokio::time::timeout(Duration::from_secs(10), accepted[MAX_IDLE].read(&mut b));
+    assert_eq!(
+        last.await.expect("closed").expect("EOF"),
+        0,
+        "swept ones are closed"
     );
 }
 
