@@ -44,9 +44,10 @@ const MAX_CHUNK_LINE: usize = 4 << 10;
 const MAX_TRAILERS: usize = 16 << 10;
 const READ_CHUNK: usize = 16 << 10;
 
-/// Request headers that describe this hop, not the request: never sent on. `expect` too:
-/// the body has already been read from the client.
-const REQUEST_SKIP: &[&str] = &[
+/// Headers that describe one hop (RFC 9110 7.6.1) or its framing, which each side sets for
+/// itself: never passed on, either way. Requests also lose `host` (the backend's own is sent)
+/// and `expect` (the body has been read from the client already).
+const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -55,23 +56,12 @@ const REQUEST_SKIP: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "host",
     "content-length",
-    "expect",
 ];
 
-/// Response headers that describe the backend's hop; hyper frames the answer to the client.
-const RESPONSE_SKIP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-];
+fn passed_on_request(name: &str) -> bool {
+    !HOP_BY_HOP.contains(&name) && name != "host" && name != "expect"
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -233,7 +223,7 @@ pub fn encode_head(
     h.extend_from_slice(addr.as_bytes());
     h.extend_from_slice(b"\r\n");
     for (k, v) in headers {
-        if !REQUEST_SKIP.contains(&k.as_str()) {
+        if passed_on_request(k.as_str()) {
             h.extend_from_slice(k.as_str().as_bytes());
             h.extend_from_slice(b": ");
             h.extend_from_slice(v.as_bytes());
@@ -417,7 +407,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, UpstreamError> {
                 }
             }
         }
-        if !RESPONSE_SKIP.contains(&name.as_str()) {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
             headers.append(name, value);
         }
     }
