@@ -1,4 +1,7 @@
+use super::chunked::{Chunked, MAX_CHUNK_LINE};
+use super::head::Parsed;
 use super::*;
+use axum::http::{HeaderMap, HeaderValue};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
