@@ -263,12 +263,11 @@ async fn exchange(
         } else {
             parsed.framing
         };
-        let reusable = parsed.keep_alive && !matches!(framing, Framing::Eof);
         let body = Body {
             conn: Some(conn),
             addr: addr.to_string(),
             framing,
-            reusable,
+            keep_alive: parsed.keep_alive,
         };
         return Ok((parsed.head, body));
     }
@@ -280,14 +279,16 @@ pub struct Body {
     conn: Option<Conn>,
     addr: String,
     framing: Framing,
-    reusable: bool,
+    /// The backend keeps the connection open after this answer. (A body read until the
+    /// backend closes never completes, so it is never released.)
+    keep_alive: bool,
 }
 
 impl Body {
     fn done(&mut self) {
         if let Some(conn) = self.conn.take() {
             // Bytes after the body are a backend that does not speak HTTP/1.1 properly.
-            if self.reusable && conn.buf.is_empty() {
+            if self.keep_alive && conn.buf.is_empty() {
                 release(&self.addr, conn);
             }
         }
@@ -343,9 +344,6 @@ impl hyper::body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
         loop {
-            if this.conn.is_none() {
-                return Poll::Ready(None);
-            }
             let data = match this.take_buffered() {
                 Ok(d) => d,
                 Err(e) => {
