@@ -322,6 +322,12 @@ EOF
     cd /
     umount -l /.harness-oldroot
     rmdir /.harness-oldroot
+    # Shared propagation inside the sandbox, as on a booted host (systemd makes / rshared itself
+    # only when the kernel starts it, not in a container). Units' credentials (LoadCredential=)
+    # are mounted in a child namespace and propagate back through it; with private mounts the
+    # credential directory stays empty. Our namespace's mounts are copies made private by
+    # unshare, so nothing propagates to the host.
+    mount --make-rshared /
     local dbg=()
     [[ -n ${SANDBOX_DEBUG:-} ]] && dbg=(--log-level=debug --log-target=console --log-time=yes)
     # Drop capabilities that could only affect the host kernel (module load,
