@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fsutil;
 pub mod host;
 pub mod http;
 pub mod instance;

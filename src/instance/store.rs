@@ -6,10 +6,8 @@
 
 use anyhow::Context as _;
 use serde::{de::DeserializeOwned, Serialize};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A spec file that could not be read or parsed.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -25,8 +23,6 @@ pub type Loaded<T> = (Vec<(String, T)>, Vec<Corrupt>);
 pub struct Store {
     dir: PathBuf,
 }
-
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
     /// Opens (creating) `<state_dir>/instances`.
@@ -79,27 +75,14 @@ impl Store {
         Ok((ok, bad))
     }
 
-    /// Writes atomically: temp file in the same directory, fsync, rename over, fsync directory.
+    /// Writes atomically (see `fsutil::write_atomic`).
     pub fn save<T: Serialize>(&self, name: &str, spec: &T) -> anyhow::Result<()> {
         let path = self.path(name);
-        let tmp = self.dir.join(format!(
-            ".{name}.json.tmp-{}-{}",
-            std::process::id(),
-            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
         let mut body = serde_json::to_vec_pretty(spec).context("serialising the spec")?;
         body.push(b'\n');
-        let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            anyhow::anyhow!("writing {}: {e}", path.display())
-        })
+        // 0600: specs can hold secrets (environment values, tokens).
+        crate::fsutil::write_atomic(&path, &body, 0o600)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
     }
 
     /// Removes an instance's file (and fsyncs the directory so the removal is durable).
