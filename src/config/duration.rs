@@ -18,7 +18,8 @@ impl HumanDuration {
     }
 }
 
-/// Parses `<number><unit>` with unit one of `ms`, `s`, `m`, `h` (a bare number means seconds).
+/// Parses `<number><unit>` with unit one of `ms`, `s`, `m`, `h`, `d` (a bare number means
+/// seconds), up to a year.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
@@ -38,9 +39,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" | "sec" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
+        "d" => 86400.0,
         other => {
             return Err(format!(
-                "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)"
+                "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h or d)"
             ))
         }
     };
@@ -103,6 +105,10 @@ mod tests {
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86400)
+        );
     }
 
     #[test]

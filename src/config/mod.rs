@@ -1,16 +1,20 @@
 //! Configuration: TOML at `/etc/llamactl/config.toml` (or `--config`, or `$LLAMACTL_CONFIG`),
 //! parsed into typed sections, then validated. Parse errors name the file, line and key.
 
+mod auth;
 mod duration;
 mod env;
 mod secret;
+pub mod time;
 mod types;
 mod validate;
 
+pub use auth::{parse_digest, validate_key_name, AuthConfig, Expiry, KeyConfig, Scope};
 pub use duration::{parse_duration, HumanDuration};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use secret::{Secret, REDACTED};
 pub use types::*;
+pub use validate::{is_loopback, split_authority};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -133,6 +137,21 @@ impl Config {
         match env.var("STATE_DIRECTORY") {
             Some(s) if !s.is_empty() => PathBuf::from(s.split(':').next().unwrap_or(&s)),
             _ => PathBuf::from(DEFAULT_STATE_DIR),
+        }
+    }
+
+    /// The admin socket: `[server] socket` (`""` = none), else `$RUNTIME_DIRECTORY/llamactl.sock`
+    /// (systemd's `RuntimeDirectory=llamactl`), else `/run/llamactl/llamactl.sock`.
+    pub fn socket_path(&self, env: &dyn Env) -> Option<PathBuf> {
+        match &self.server.socket {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => Some(match env.var("RUNTIME_DIRECTORY") {
+                Some(d) if !d.is_empty() => {
+                    PathBuf::from(d.split(':').next().unwrap_or(&d)).join("llamactl.sock")
+                }
+                _ => PathBuf::from(DEFAULT_SOCKET),
+            }),
         }
     }
 

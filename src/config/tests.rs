@@ -223,3 +223,127 @@ fn local_url_uses_loopback_for_wildcards() {
     c.server.host = "::1".into();
     assert_eq!(c.local_url(), "http://[::1]:8080");
 }
+
+/// Parses and validates, like `load` does for a file.
+fn checked(text: &str) -> Result<Config, String> {
+    let c = parse(text, p()).map_err(|e| e.to_string())?;
+    validate::validate(&c, p()).map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+#[test]
+fn a_non_loopback_listener_needs_inference_and_management_auth() {
+    let e = checked("[server]\nhost = \"0.0.0.0\"\n").unwrap_err();
+    assert!(e.contains("auth.require_inference_auth"), "{e}");
+    assert!(
+        checked("[server]\nhost = \"0.0.0.0\"\n[auth]\nrequire_inference_auth = true\n").is_ok()
+    );
+    assert!(checked(
+        "[server]\nhost = \"10.0.0.5\"\n[auth]\nallow_unauthenticated_inference = true\n"
+    )
+    .is_ok());
+    let e = checked("[server]\nhost = \"0.0.0.0\"\n[auth]\nrequire_inference_auth = true\nrequire_management_auth = false\n").unwrap_err();
+    assert!(e.contains("auth.require_management_auth"), "{e}");
+    // Loopback stays as before.
+    for h in ["127.0.0.1", "::1", "localhost", "127.0.0.2"] {
+        assert!(
+            checked(&format!("[server]\nhost = \"{h}\"\n")).is_ok(),
+            "{h}"
+        );
+    }
+}
+
+#[test]
+fn instances_never_run_as_root() {
+    for u in ["root", "0"] {
+        let e = checked(&format!("[instances]\nuser = \"{u}\"\n")).unwrap_err();
+        assert!(e.contains("instances.user") && e.contains("root"), "{e}");
+    }
+    assert!(checked("[instances]\nuser = \"nobody\"\n").is_ok());
+}
+
+#[test]
+fn provisioned_keys_need_a_valid_digest_and_never_the_key() {
+    let hash = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let c = checked(&format!(
+        "[[auth.keys]]\nname = \"prom\"\nscope = \"monitoring\"\nhash = \"{hash}\"\nexpires = 2027-01-31T00:00:00Z\n"
+    ))
+    .unwrap();
+    assert_eq!(c.auth.keys[0].expires, Some(Expiry(1_801_353_600)));
+    assert!(c.auth.keys[0].can_start && c.auth.keys[0].can_evict);
+    let c = checked(&format!(
+        "[[auth.keys]]\nname = \"prom\"\nscope = \"monitoring\"\nhash = \"{hash}\"\nexpires = \"2027-01-31\"\ncan_evict = false\n"
+    ))
+    .unwrap();
+    assert_eq!(c.auth.keys[0].expires, Some(Expiry(1_801_353_600)));
+    assert!(!c.auth.keys[0].can_evict);
+    for (text, want) in [
+        (
+            "name = \"k\"\nscope = \"monitoring\"\nkey = \"llk_plain_text_key_in_config\"\n",
+            "must not be written in the config",
+        ),
+        ("name = \"k\"\nscope = \"monitoring\"\n", "hash"),
+        (
+            "name = \"k\"\nscope = \"monitoring\"\nhash = \"md5:abc\"\n",
+            "sha256:",
+        ),
+        (
+            "name = \"k\"\nscope = \"monitoring\"\nhash = \"sha256:xyz\"\n",
+            "64 hex",
+        ),
+        (
+            "name = \"bad name\"\nscope = \"monitoring\"\nhash = \"sha256:00\"\n",
+            "invalid key name",
+        ),
+        (
+            "name = \"k\"\nscope = \"root\"\nhash = \"sha256:00\"\n",
+            "unknown variant",
+        ),
+        (
+            "name = \"k\"\nscope = \"monitoring\"\nhash = \"sha256:00\"\nexpires = \"soon\"\n",
+            "invalid date",
+        ),
+    ] {
+        let e = checked(&format!("[[auth.keys]]\n{text}")).unwrap_err();
+        assert!(e.contains(want), "{text}: {e}");
+        assert!(!e.contains("llk_plain_text_key_in_config"), "{e}");
+    }
+    let twice = format!("[[auth.keys]]\nname = \"k\"\nscope = \"monitoring\"\nhash = \"{hash}\"\n");
+    assert!(checked(&format!("{twice}{twice}"))
+        .unwrap_err()
+        .contains("two keys"));
+}
+
+#[test]
+fn browser_settings_are_checked() {
+    assert!(checked("[server]\ncors_origins = [\"https://ui.example:3000\", \"http://[::1]:8081\", \"http://localhost\"]\nallowed_hosts = [\"llm.internal\", \"10.0.0.5\"]\n").is_ok());
+    for bad in [
+        "ui.example",
+        "https://ui.example/",
+        "ftp://x",
+        "https://ui.example:99999",
+        "*",
+    ] {
+        let e = checked(&format!("[server]\ncors_origins = [\"{bad}\"]\n")).unwrap_err();
+        assert!(e.contains("server.cors_origins"), "{bad}: {e}");
+    }
+    for bad in ["http://llm.internal", "llm.internal:8080", "a/b", ""] {
+        let e = checked(&format!("[server]\nallowed_hosts = [\"{bad}\"]\n")).unwrap_err();
+        assert!(e.contains("server.allowed_hosts"), "{bad}: {e}");
+    }
+    assert!(checked("[server]\nsocket = \"relative.sock\"\n").is_err());
+    assert!(checked("[server]\nsocket = \"\"\n").is_ok());
+}
+
+#[test]
+fn instance_policy_settings_are_checked() {
+    let c = checked("[instances]\nallowed_backends = [\"llama_cpp\", \"command\"]\nenvironment_deny = [\"HF_*\", \"MY_VAR\"]\n").unwrap();
+    assert_eq!(
+        c.instances.allowed_backends,
+        vec![BackendType::LlamaCpp, BackendType::Command]
+    );
+    assert!(checked("[instances]\nallowed_backends = [\"mlx\"]\n").is_err());
+    assert!(checked("[instances]\nallowed_backends = []\n").is_err());
+    assert!(checked("[instances]\nenvironment_deny = [\"*\"]\n").is_err());
+    assert!(checked("[instances]\nmax_instances = 0\n").is_err());
+}

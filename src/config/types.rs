@@ -2,6 +2,7 @@
 //! specified from (its YAML, written as TOML); `[systemd]` is ours. Every struct denies unknown
 //! keys so a typo is an error at load time, not a silently ignored setting.
 
+use super::auth::AuthConfig;
 use super::duration::HumanDuration;
 use super::secret::Secret;
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,7 @@ pub struct Config {
     pub instances: InstancesConfig,
     pub backends: BackendsConfig,
     pub proxy: ProxyConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,7 +42,20 @@ pub struct ServerConfig {
     /// HTTP worker threads, each with its own event loop (like nginx's `worker_processes`);
     /// 0 = one per CPU the daemon may run on.
     pub workers: usize,
+    /// The local admin socket. Unset: `$RUNTIME_DIRECTORY/llamactl.sock` (systemd's
+    /// `RuntimeDirectory=llamactl`), else `/run/llamactl/llamactl.sock`; `""` turns it off.
+    pub socket: Option<PathBuf>,
+    /// Host names (besides loopback names, IP literals, this machine's name and `host`) that a
+    /// request's `Host` header may carry. Anything else is refused: this stops DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`https://ui.example:3000`) allowed to call the API cross-origin, with
+    /// CORS answers. Empty: every cross-origin browser request is refused.
+    pub cors_origins: Vec<String>,
 }
+
+/// Where the admin socket is when `[server] socket` is unset and systemd gave no
+/// `$RUNTIME_DIRECTORY`.
+pub const DEFAULT_SOCKET: &str = "/run/llamactl/llamactl.sock";
 
 impl ServerConfig {
     /// The number of HTTP worker threads to start.
@@ -61,6 +76,9 @@ impl Default for ServerConfig {
             request_timeout: HumanDuration::secs(30),
             max_body_bytes: 1024 * 1024,
             workers: 0,
+            socket: None,
+            allowed_hosts: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -360,6 +378,39 @@ pub struct InstancesConfig {
     /// At most this many instances run at once (0 = no limit). Starting one more stops the least
     /// recently used instance that has no request in flight.
     pub max_running: u32,
+    /// Backends an instance may use. `command` runs any program the API names, so it is off
+    /// unless the operator lists it: a management key must not be a root shell.
+    pub allowed_backends: Vec<BackendType>,
+    /// Let instances set the environment variables of `environment_deny` and the built-in list
+    /// (`LD_*`, `PATH`, `PYTHONPATH`, ...), which change what code a backend loads.
+    pub allow_unsafe_environment: bool,
+    /// More environment variable names instances may not set (`NAME`, or `PREFIX*`).
+    pub environment_deny: Vec<String>,
+    /// Most instances that may exist.
+    pub max_instances: u32,
+    /// Largest instance spec (its options as JSON), in bytes.
+    pub max_spec_bytes: u64,
+    /// Most model aliases (`aliases`) one instance may have.
+    pub max_aliases: u32,
+}
+
+/// The kinds of backend an instance can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendType {
+    LlamaCpp,
+    Vllm,
+    Command,
+}
+
+impl BackendType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendType::LlamaCpp => "llama_cpp",
+            BackendType::Vllm => "vllm",
+            BackendType::Command => "command",
+        }
+    }
 }
 
 impl Default for InstancesConfig {
@@ -375,6 +426,12 @@ impl Default for InstancesConfig {
             stop_timeout: HumanDuration::secs(30),
             health_check_interval: HumanDuration::secs(2),
             max_running: 0,
+            allowed_backends: vec![BackendType::LlamaCpp, BackendType::Vllm],
+            allow_unsafe_environment: false,
+            environment_deny: Vec::new(),
+            max_instances: 256,
+            max_spec_bytes: 64 * 1024,
+            max_aliases: 16,
         }
     }
 }
@@ -395,7 +452,8 @@ pub struct BackendCommand {
     pub command: Option<String>,
     /// Arguments put before the instance's own.
     pub args: Vec<String>,
-    /// Environment for every instance of this backend (an instance's own entries win).
+    /// Environment for every instance of this backend. These win over an instance's own
+    /// entries: the operator's settings are not the API's to override.
     pub environment: BTreeMap<String, String>,
 }
 

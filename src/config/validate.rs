@@ -1,9 +1,64 @@
 //! Semantic checks that serde cannot express. Errors stop the load; warnings name settings that
 //! parse but do nothing in this version, so an operator is never left guessing.
 
-use super::{Config, ConfigError, AUDIT_EVENTS};
+use super::{parse_digest, validate_key_name, Config, ConfigError, AUDIT_EVENTS};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
+
+/// Whether a listen address only reaches this machine.
+pub fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A host name or IP literal as it may appear in a `Host` header (without the port).
+fn host_name_ok(h: &str) -> bool {
+    let inner = h.trim_start_matches('[').trim_end_matches(']');
+    inner.parse::<IpAddr>().is_ok()
+        || (!h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+}
+
+/// Splits `host[:port]` or `[v6]:port` (a `Host` header, an origin's authority) into the host
+/// (IPv6 keeps its brackets) and port. `None` when it is not of that shape.
+pub fn split_authority(a: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if a.starts_with('[') {
+        let end = a.find(']')?;
+        let (h, rest) = a.split_at(end + 1);
+        match rest {
+            "" => (h, None),
+            r => (h, Some(r.strip_prefix(':')?)),
+        }
+    } else {
+        match a.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (a, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse().ok()?),
+        Some(_) => return None,
+    };
+    host_name_ok(host).then_some((host, port))
+}
+
+/// `scheme://host[:port]`, as browsers send it in `Origin`.
+fn origin_ok(o: &str) -> bool {
+    match o.split_once("://") {
+        Some(("http" | "https", authority)) => split_authority(authority).is_some(),
+        _ => false,
+    }
+}
+
+/// An environment variable name, or a prefix pattern ending in `*`.
+fn env_pattern_ok(p: &str) -> bool {
+    let name = p.strip_suffix('*').unwrap_or(p);
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
 
 pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
     let invalid = |key: &str, message: String| ConfigError::Invalid {
@@ -35,6 +90,30 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
     }
     if c.server.max_body_bytes == 0 {
         return Err(invalid("server.max_body_bytes", "must be > 0".into()));
+    }
+    if let Some(sock) = &c.server.socket {
+        if !sock.as_os_str().is_empty() && !sock.is_absolute() {
+            return Err(invalid(
+                "server.socket",
+                "must be an absolute path, or \"\" for no socket".into(),
+            ));
+        }
+    }
+    for h in &c.server.allowed_hosts {
+        if !host_name_ok(h) {
+            return Err(invalid(
+                "server.allowed_hosts",
+                format!("{h:?} is not a host name or IP address (no scheme, port or path)"),
+            ));
+        }
+    }
+    for o in &c.server.cors_origins {
+        if !origin_ok(o) {
+            return Err(invalid(
+                "server.cors_origins",
+                format!("{o:?} is not an origin such as \"https://ui.example:3000\" (scheme, host, optional port; no path)"),
+            ));
+        }
     }
     if let Some(d) = &c.server.state_dir {
         if !d.is_absolute() {
@@ -118,6 +197,36 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
                 format!("{u:?} is not a user name"),
             ));
         }
+        // Backends run what the API asks for: never as root (by name, number or alias).
+        if u == "root" || u == "0" || crate::host::users::uid_of(u) == Some(0) {
+            return Err(invalid(
+                "instances.user",
+                format!("{u:?} is root: instances must not run as root (unset it for a DynamicUser per instance)"),
+            ));
+        }
+    }
+    for p in &c.instances.environment_deny {
+        if !env_pattern_ok(p) {
+            return Err(invalid(
+                "instances.environment_deny",
+                format!("{p:?} is not a variable name or a NAME* prefix"),
+            ));
+        }
+    }
+    if c.instances.max_instances == 0 {
+        return Err(invalid("instances.max_instances", "must be > 0".into()));
+    }
+    if c.instances.max_spec_bytes < 1024 {
+        return Err(invalid(
+            "instances.max_spec_bytes",
+            "must be at least 1024".into(),
+        ));
+    }
+    if c.instances.allowed_backends.is_empty() {
+        return Err(invalid(
+            "instances.allowed_backends",
+            "must list at least one backend".into(),
+        ));
     }
     for (key, d) in [
         ("instances.job_timeout", c.instances.job_timeout),
@@ -151,7 +260,12 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
         }
     }
 
+    validate_auth(c, &invalid)?;
+
     let mut warnings = Vec::new();
+    if !c.auth.require_management_auth {
+        warnings.push("`auth.require_management_auth` is false: anyone who can reach the TCP listener can run instances".to_string());
+    }
     let mut unsupported = |on: bool, key: &str, what: &str| {
         if on {
             warnings.push(format!("`{key}` is set but {what}; the setting is ignored"));
@@ -178,4 +292,54 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
         "continuous profiling (Pyroscope) is not implemented in this version",
     );
     Ok(warnings)
+}
+
+fn validate_auth(
+    c: &Config,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let a = &c.auth;
+    if a.socket_group.is_empty()
+        || !a
+            .socket_group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(invalid(
+            "auth.socket_group",
+            format!("{:?} is not a group name", a.socket_group),
+        ));
+    }
+    if !is_loopback(&c.server.host) {
+        if !a.require_inference_auth && !a.allow_unauthenticated_inference {
+            return Err(invalid(
+                "auth.require_inference_auth",
+                format!("[server] host {:?} is reachable from other machines: set require_inference_auth = true (and give clients inference keys), or allow_unauthenticated_inference = true to serve models to anyone who can connect", c.server.host),
+            ));
+        }
+        if !a.require_management_auth && !a.allow_unauthenticated_management {
+            return Err(invalid(
+                "auth.require_management_auth",
+                format!("[server] host {:?} is reachable from other machines: management without a key would let anyone run instances; set require_management_auth = true, or allow_unauthenticated_management = true if you really mean it", c.server.host),
+            ));
+        }
+    }
+    let mut names = HashSet::new();
+    for k in &a.keys {
+        let key = format!("auth.keys.{}", k.name);
+        validate_key_name(&k.name).map_err(|e| invalid("auth.keys.name", e))?;
+        if !names.insert(k.name.as_str()) {
+            return Err(invalid(&key, "two keys have this name".into()));
+        }
+        if k.key.is_some() {
+            return Err(invalid(&key, "a key itself must not be written in the config file (it is readable by more than root): give its digest as hash = \"sha256:...\" (`llamactl keys generate` prints both), or provision it with the systemd credential llamactl.keys".into()));
+        }
+        match &k.hash {
+            None => return Err(invalid(&key, "hash = \"sha256:<hex>\" is required".into())),
+            Some(h) => {
+                parse_digest(h).map_err(|e| invalid(&format!("{key}.hash"), e))?;
+            }
+        }
+    }
+    Ok(())
 }

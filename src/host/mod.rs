@@ -10,6 +10,7 @@ use std::path::PathBuf;
 pub mod caps;
 pub mod cgroup;
 pub mod meminfo;
+pub mod users;
 
 pub use self::caps::effective_capabilities;
 pub use self::cgroup::{detect_layout, own_cgroup, CgroupLayout};

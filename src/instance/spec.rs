@@ -65,13 +65,7 @@ pub fn name_from_unit(unit: &str) -> Option<&str> {
         .filter(|n| validate_name(n).is_ok())
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendType {
-    LlamaCpp,
-    Vllm,
-    Command,
-}
+pub use crate::config::BackendType;
 
 /// Create/update body and the `options` of an instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,156 @@
+//! `[auth]`: who may use the API. Names follow upstream Llamactl where it has them
+//! (`require_management_auth`, `require_inference_auth`); the model is in README "Security".
+
+use super::secret::Secret;
+use super::time::parse_rfc3339;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Members of this group (and root) may use the admin socket as management principals.
+    pub socket_group: String,
+    /// Management (the REST API) over TCP needs a management key.
+    pub require_management_auth: bool,
+    /// Inference (`/v1/*`, `/infill`) over TCP needs a key. Off by default while the listener
+    /// is loopback-only; the daemon refuses a non-loopback `host` without it unless
+    /// `allow_unauthenticated_inference` says so.
+    pub require_inference_auth: bool,
+    /// `/metrics`, the health endpoints and service discovery need a key.
+    pub require_monitoring_auth: bool,
+    pub allow_unauthenticated_inference: bool,
+    pub allow_unauthenticated_management: bool,
+    /// Keys provisioned by the operator, by digest (`[[auth.keys]]`).
+    pub keys: Vec<KeyConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            socket_group: "llamactl".into(),
+            require_management_auth: true,
+            require_inference_auth: false,
+            require_monitoring_auth: false,
+            allow_unauthenticated_inference: false,
+            allow_unauthenticated_management: false,
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// What a key may do. `management` includes the other two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Management,
+    Inference,
+    Monitoring,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Management => "management",
+            Scope::Inference => "inference",
+            Scope::Monitoring => "monitoring",
+        }
+    }
+
+    /// Whether a key of this scope may use a route of scope `route`.
+    pub fn covers(self, route: Scope) -> bool {
+        self == Scope::Management || self == route
+    }
+}
+
+/// One operator-provisioned key: `[[auth.keys]]` in the config (digest only), or an entry of
+/// the systemd credential `llamactl.keys` (digest, or the key itself).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub name: String,
+    pub scope: Scope,
+    /// `sha256:<64 hex digits>` of the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// The key itself: only in the credential file, which systemd keeps private.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Secret>,
+    /// Instances an inference key may use; empty = all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
+    /// When the key stops working: an RFC 3339 date (a string or a TOML date-time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Expiry>,
+    /// May start a stopped instance on demand.
+    #[serde(default = "yes")]
+    pub can_start: bool,
+    /// May cause an LRU eviction under `[instances] max_running`.
+    #[serde(default = "yes")]
+    pub can_evict: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A key's expiry in Unix seconds, written in the config as an RFC 3339 date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expiry(pub i64);
+
+impl Serialize for Expiry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::time::format_rfc3339(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Expiry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// A string, or TOML's own date-time type (`expires = 2027-01-01T00:00:00Z`).
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Toml(toml::value::Datetime),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Text(t) => t,
+            Raw::Toml(dt) => dt.to_string(),
+        };
+        parse_rfc3339(&text)
+            .map(Expiry)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Key names: what `keys list` shows and audit records name.
+pub fn validate_key_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid key name {name:?}: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        ))
+    }
+}
+
+/// The digest of a `sha256:<hex>` string.
+pub fn parse_digest(text: &str) -> Result<[u8; 32], String> {
+    let hex = text
+        .strip_prefix("sha256:")
+        .ok_or_else(|| format!("{text:?} must start with \"sha256:\""))?;
+    let mut out = [0u8; 32];
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("a sha256 digest is 64 hex digits".into());
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("x"), 16)
+            .map_err(|_| "a sha256 digest is 64 hex digits".to_string())?;
+    }
+    Ok(out)
+}
