@@ -1,18 +1,32 @@
-//! A minimal HTTP/1 client for the daemon's JSON API (no TLS: the API listens on loopback or
-//! behind a proxy the operator runs).
+//! A minimal HTTP/1 client for the daemon's JSON API, over the admin socket (no key: the
+//! daemon knows the caller from the kernel) or TCP (with an API key). No TLS: the API listens
+//! on loopback or behind a proxy the operator runs.
 
 use anyhow::{bail, Context as _};
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use std::path::PathBuf;
 use std::time::Duration;
 
+/// Where the daemon is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `http://host:port[/prefix]`
+    Tcp(String),
+    /// The admin socket.
+    Unix(PathBuf),
+}
+
 pub struct Client {
-    base: String,
+    target: Target,
+    /// `host:port` to connect to, and the path prefix, for TCP.
+    authority: String,
+    prefix: String,
     timeout: Duration,
-    http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    /// Sent as `Authorization: Bearer` over TCP; never over the socket, never printed.
+    key: Option<crate::config::Secret>,
 }
 
 pub struct Reply {
@@ -30,21 +44,72 @@ impl Reply {
     }
 }
 
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
 impl Client {
-    pub fn new(base: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let base = base.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") {
-            bail!("unsupported URL {base:?}: only http:// is supported");
-        }
+    pub fn new(
+        target: Target,
+        timeout: Duration,
+        key: Option<crate::config::Secret>,
+    ) -> anyhow::Result<Self> {
+        let (authority, prefix) = match &target {
+            Target::Tcp(url) => {
+                let Some(rest) = url.trim_end_matches('/').strip_prefix("http://") else {
+                    bail!("unsupported URL {url:?}: only http:// is supported");
+                };
+                let (auth, prefix) = match rest.find('/') {
+                    Some(i) => (&rest[..i], &rest[i..]),
+                    None => (rest, ""),
+                };
+                if auth.is_empty() {
+                    bail!("invalid URL {url:?}: no host");
+                }
+                let has_port = match auth.rfind(']') {
+                    Some(end) => auth[end..].contains(':'),
+                    None => auth.contains(':'),
+                };
+                let auth = if has_port {
+                    auth.to_string()
+                } else {
+                    format!("{auth}:80")
+                };
+                (auth, prefix.to_string())
+            }
+            Target::Unix(_) => ("localhost".to_string(), String::new()),
+        };
         Ok(Self {
-            base,
+            target,
+            authority,
+            prefix,
             timeout,
-            http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            key,
         })
     }
 
+    /// What to call the daemon in messages.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        match &self.target {
+            Target::Tcp(base) => format!("{}{path}", base.trim_end_matches('/')),
+            Target::Unix(p) => format!("unix:{}{path}", p.display()),
+        }
+    }
+
+    pub fn is_socket(&self) -> bool {
+        matches!(self.target, Target::Unix(_))
+    }
+
+    async fn connect(&self) -> anyhow::Result<Stream> {
+        match &self.target {
+            Target::Tcp(_) => {
+                let s = tokio::net::TcpStream::connect(&self.authority).await?;
+                let _ = s.set_nodelay(true);
+                Ok(Stream::Tcp(s))
+            }
+            Target::Unix(p) => Ok(Stream::Unix(tokio::net::UnixStream::connect(p).await?)),
+        }
     }
 
     async fn send(
@@ -53,11 +118,14 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> anyhow::Result<hyper::Response<Incoming>> {
-        let url = self.url(path);
         let mut req = hyper::Request::builder()
             .method(method)
-            .uri(&url)
+            .uri(format!("{}{path}", self.prefix))
+            .header("host", &self.authority)
             .header("accept", "application/json");
+        if let (Some(k), Target::Tcp(_)) = (&self.key, &self.target) {
+            req = req.header("authorization", format!("Bearer {}", k.expose()));
+        }
         let bytes = match body {
             Some(b) => {
                 req = req.header("content-type", "application/json");
@@ -67,11 +135,29 @@ impl Client {
         };
         let req = req
             .body(Full::new(bytes))
-            .with_context(|| format!("invalid URL {url}"))?;
-        self.http
-            .request(req)
-            .await
-            .with_context(|| format!("cannot reach llamactld at {}", self.base))
+            .with_context(|| format!("invalid request {}", self.url(path)))?;
+        let reach = || format!("cannot reach llamactld at {}", self.url(""));
+        let res = match self.connect().await.with_context(reach)? {
+            Stream::Tcp(s) => Self::exchange(s, req).await,
+            Stream::Unix(s) => Self::exchange(s, req).await,
+        }
+        .with_context(reach)?;
+        if res.status() == 401 && !self.is_socket() && self.key.is_none() {
+            eprintln!("llamactl: hint: over TCP llamactld wants an API key: set LLAMACTL_API_KEY or --api-key-file, or use the admin socket (as root or a member of its group)");
+        }
+        Ok(res)
+    }
+
+    async fn exchange<S>(
+        io: S,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> anyhow::Result<hyper::Response<Incoming>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        tokio::spawn(conn);
+        Ok(send.send_request(req).await?)
     }
 
     /// A JSON request. Any HTTP status is a `Reply`; only transport failures are errors. An
@@ -129,5 +215,36 @@ impl Client {
             }
         }
         Ok(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_urls_become_an_authority_and_a_prefix() {
+        let c = |u: &str| Client::new(Target::Tcp(u.into()), Duration::from_secs(1), None);
+        let a = c("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(
+            (a.authority.as_str(), a.prefix.as_str()),
+            ("127.0.0.1:8080", "")
+        );
+        let b = c("http://llm.internal/llamactl").unwrap();
+        assert_eq!(
+            (b.authority.as_str(), b.prefix.as_str()),
+            ("llm.internal:80", "/llamactl")
+        );
+        let v6 = c("http://[::1]:9").unwrap();
+        assert_eq!(v6.authority, "[::1]:9");
+        assert!(c("https://x").is_err());
+        assert!(c("http://").is_err());
+        let s = Client::new(
+            Target::Unix("/run/x.sock".into()),
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.url("/api/health"), "unix:/run/x.sock/api/health");
     }
 }

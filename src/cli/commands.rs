@@ -1,30 +1,72 @@
 //! The client's subcommands.
 
-use super::client::{Client, Reply};
+use super::client::{Client, Reply, Target};
 use super::{ClientArgs, Command, Output};
 use crate::config::{self, ProcessEnv};
+use anyhow::Context as _;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 
-/// The daemon URL: `--url`/`$LLAMACTL_URL` (clap merged them), else the config's `[server]`, else
-/// the default. A config that cannot be read is not an error here: the client may run on a host
-/// without one.
-fn base_url(args: &ClientArgs) -> String {
+/// Where to reach the daemon: `--socket`; else `--url`/`$LLAMACTL_URL` (clap merged them);
+/// else the admin socket when it exists and we may write to it (root, or its group); else TCP
+/// to the config's `[server]` address. A config that cannot be read is not an error here: the
+/// client may run on a host without one.
+fn target(args: &ClientArgs) -> Target {
+    if let Some(p) = &args.socket {
+        return Target::Unix(p.clone());
+    }
     if let Some(u) = &args.url {
-        return u.clone();
+        return Target::Tcp(u.clone());
     }
     let (path, explicit) = config::resolve_path(args.config.as_deref(), &ProcessEnv);
-    match config::load(&path, explicit) {
-        Ok(l) => l.config.local_url(),
-        Err(_) => config::Config::default().local_url(),
+    let cfg = config::load(&path, explicit)
+        .map(|l| l.config)
+        .unwrap_or_default();
+    // Not the daemon's $RUNTIME_DIRECTORY: that is the unit's, not ours.
+    if let Some(sock) = cfg.socket_path(&config::MapEnv::default()) {
+        if writable(&sock) {
+            return Target::Unix(sock);
+        }
     }
+    Target::Tcp(cfg.local_url())
+}
+
+/// Whether we may connect to the socket at `p` (connecting needs write permission).
+fn writable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    let Ok(m) = std::fs::metadata(p) else {
+        return false;
+    };
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) reads the NUL-terminated path we own for the duration of the call.
+    m.file_type().is_socket() && unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0
+}
+
+/// The API key for TCP: `--api-key-file`, else `$LLAMACTL_API_KEY`.
+fn api_key(args: &ClientArgs) -> anyhow::Result<Option<config::Secret>> {
+    if let Some(f) = &args.api_key_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the API key file {}", f.display()))?;
+        let key = text.trim();
+        if key.is_empty() {
+            anyhow::bail!("the API key file {} is empty", f.display());
+        }
+        return Ok(Some(config::Secret::new(key)));
+    }
+    Ok(std::env::var("LLAMACTL_API_KEY")
+        .ok()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .map(config::Secret::new))
 }
 
 /// Runs the command; returns the process exit code.
 pub async fn run(args: ClientArgs) -> anyhow::Result<u8> {
     const DEFAULT: Command = Command::Health { name: None };
     let command = args.command.as_ref().unwrap_or(&DEFAULT);
-    let client = || Client::new(&base_url(&args), args.http_timeout);
+    let client = || Client::new(target(&args), args.http_timeout, api_key(&args)?);
     match command {
         Command::Version { client: true } => {
             print_version(args.output, None);
@@ -43,6 +85,16 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<u8> {
                 }
             }
         }
+        Command::Keys(k @ super::KeysCommand::Generate) => {
+            // Offline: no daemon needed.
+            let c = Client::new(
+                Target::Tcp("http://127.0.0.1".into()),
+                args.http_timeout,
+                None,
+            )?;
+            super::keys::run(&c, args.output, k).await
+        }
+        Command::Keys(k) => super::keys::run(&client()?, args.output, k).await,
         Command::Health { name: Some(name) } => {
             super::instances::health(&client()?, args.output, name).await
         }

@@ -340,7 +340,9 @@ pub async fn run(c: &Client, output: Output, cmd: &Command) -> anyhow::Result<u8
                 }
             }
         }
-        Command::Health { .. } | Command::Version { .. } => bail!("not an instance command"),
+        Command::Health { .. } | Command::Version { .. } | Command::Keys(_) => {
+            bail!("not an instance command")
+        }
     }
     Ok(0)
 }

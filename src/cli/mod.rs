@@ -5,6 +5,7 @@ mod client;
 mod commands;
 pub mod generate;
 mod instances;
+mod keys;
 
 pub use commands::run;
 
@@ -17,13 +18,21 @@ Files:
   /var/lib/llamactl/instances/NAME.json   instance specs (StateDirectory=llamactl)
   /lib/systemd/system/llamactl.service
 
-Endpoints:
+Endpoints (README \"Security\" says who may use which):
   /api/v1/instances[/{name}[/start|/stop|/restart|/logs]]   the instance API (see README)
+  /api/v1/auth/keys[/{name}]  API keys: create (POST), list (GET), revoke (DELETE)
+  /v1/*, /infill              the OpenAI-compatible proxy
   GET /api/instances/{name}/health                          200 ready, 503 not, 404 unknown
   GET /api/health/live        liveness: 200 while the server answers
   GET /api/health             readiness: 200, or 503 listing the failing checks
   GET /api/system/health      version, uptime, systemd, cgroup layout, memory, capabilities
   GET /metrics                Prometheus text (OpenMetrics when the Accept header asks)
+
+Files (run time):
+  /run/llamactl/llamactl.sock the admin socket (0660, group llamactl): root and the group's
+                              members manage llamactld through it without a key
+  /var/lib/llamactl/keys.json API keys created through the API (SHA-256 digests, 0600)
+  $CREDENTIALS_DIRECTORY/llamactl.keys   keys provisioned as a systemd credential
 
 Environment:
   LLAMACTL_CONFIG             config file when --config is not given
@@ -47,6 +56,12 @@ See also: llamactl(1), systemd.service(5), sd_notify(3).";
 const CLIENT_AFTER: &str = "\
 Exit status: 0 success (for `health`: ready and healthy), 1 failure or unhealthy, 2 usage error.
 
+Where the daemon is: --socket PATH; else --url / $LLAMACTL_URL (TCP); else the admin socket
+(/run/llamactl/llamactl.sock, or the config's [server] socket) when it exists and is writable (as
+root or a member of its group: no key needed); else TCP to the config's [server] address. Over
+TCP the management commands need a management API key: $LLAMACTL_API_KEY or --api-key-file
+(no flag takes the key itself: command lines are visible to every user).
+
 Examples:
   llamactl health                      readiness and system health as a table
   llamactl -o json health | jq .       the same, as JSON
@@ -57,6 +72,9 @@ Examples:
   llamactl logs smol -f                follow the instance's journal
   llamactl health smol                 exit 0 when the instance is ready
   LLAMACTL_URL=http://10.0.0.5:8080 llamactl version
+  llamactl keys create app --scope inference --instance smol --expires 30d
+  llamactl keys list
+  llamactl keys revoke app
 
 See also: llamactld(8).";
 
@@ -198,9 +216,18 @@ pub enum Output {
 #[derive(Debug, Parser)]
 #[command(name = "llamactl", version, max_term_width = 100, after_long_help = CLIENT_AFTER)]
 pub struct ClientArgs {
-    /// Base URL of llamactld
+    /// Base URL of llamactld (TCP)
     #[arg(long, global = true, env = "LLAMACTL_URL", value_name = "URL")]
     pub url: Option<String>,
+
+    /// Use this admin socket [default: /run/llamactl/llamactl.sock when it exists and is
+    /// writable, unless --url is given]
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "url")]
+    pub socket: Option<PathBuf>,
+
+    /// Read the API key for TCP from this file [default: $LLAMACTL_API_KEY]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
 
     /// Config file to read the daemon's address from [default: /etc/llamactl/config.toml; env:
     /// LLAMACTL_CONFIG]
@@ -266,10 +293,46 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Manage API keys (management scope)
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Show the client's and the daemon's versions (exit 1 when the daemon is unreachable)
     Version {
         /// Only the client's version; do not contact the daemon
         #[arg(long)]
         client: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; prints it once (store it now: only its digest is kept)
+    Create {
+        /// A name for the key (shown in lists and logs; 1-64 of letters, digits, . _ -)
+        name: String,
+        /// management (everything), inference (/v1/*, /infill), monitoring (/metrics, health,
+        /// service discovery)
+        #[arg(long, value_parser = ["management", "inference", "monitoring"])]
+        scope: String,
+        /// An instance the key may use (repeatable; default: all)
+        #[arg(long = "instance", value_name = "NAME")]
+        instances: Vec<String>,
+        /// When it stops working: a duration from now (30d, 12h) or a date (2027-01-31)
+        #[arg(long, value_name = "WHEN")]
+        expires: Option<String>,
+        /// May not start a stopped instance on demand
+        #[arg(long)]
+        no_start: bool,
+        /// May not stop another instance to make room under max_running
+        #[arg(long)]
+        no_evict: bool,
+    },
+    /// List keys (never the keys themselves)
+    #[command(alias = "ls")]
+    List,
+    /// Revoke a key created through the API
+    #[command(alias = "rm")]
+    Revoke { name: String },
+    /// Print a new random key and its digest for [[auth.keys]], without the daemon
+    Generate,
 }
