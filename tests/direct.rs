@@ -13,8 +13,10 @@ fn outside_systemd_logs_json_to_stderr_and_serves_without_a_bus() {
     write(
         &f,
         &format!(
-            "[server]\nport = {port}\nstate_dir = \"{}\"\n[logging]\noutput = \"json\"\n[systemd]\naddress = \"unix:path=/nonexistent/bus\"\nready_timeout = \"1s\"\n[telemetry.otlp]\nheaders = {{ authorization = \"Bearer sup3rs3cret\" }}\n",
-            dir.join("state").display()
+            "[server]\nport = {port}\nstate_dir = \"{}\"\nsocket = \"{}\"\n[logging]\noutput = \"json\"\n[systemd]\naddress = \"unix:path=/nonexistent/bus\"\nready_timeout = \"1s\"\n[telemetry.otlp]\nheaders = {{ authorization = \"Bearer sup3rs3cret\" }}\n{}",
+            dir.join("state").display(),
+            dir.join("run/llamactl.sock").display(),
+            crate::util::test_key_config()
         ),
     );
     let mut child = Command::new(LLAMACTLD)
@@ -31,6 +33,10 @@ fn outside_systemd_logs_json_to_stderr_and_serves_without_a_bus() {
     });
     assert_eq!(get(port, "/api/health").status, 503);
     assert_eq!(get(port, "/api/system/health").json()["log_output"], "json");
+    // The admin socket works outside systemd too: root needs no key on it.
+    let sock = dir.join("run/llamactl.sock");
+    let r = crate::util::http_unix(&sock, "GET", "/api/v1/instances", &[], b"").unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "[]"));
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -61,9 +67,10 @@ fn journal_output_without_journald_falls_back_to_stderr_and_file_destination_get
     write(
         &f,
         &format!(
-            "[server]\nport = {port}\nstate_dir = \"{}\"\n[logging]\noutput = \"journal\"\n[[logging.destinations]]\ntype = \"file\"\npath = \"{}\"\n[systemd]\naddress = \"unix:path=/nonexistent/bus\"\nready_timeout = \"1s\"\n",
+            "[server]\nport = {port}\nstate_dir = \"{}\"\nsocket = \"\"\n[logging]\noutput = \"journal\"\n[[logging.destinations]]\ntype = \"file\"\npath = \"{}\"\n[systemd]\naddress = \"unix:path=/nonexistent/bus\"\nready_timeout = \"1s\"\n{}",
             dir.join("state").display(),
-            log.display()
+            log.display(),
+            crate::util::test_key_config()
         ),
     );
     // Where journald runs (a systemd host) the journal is used; elsewhere stderr takes over.

@@ -1,9 +1,7 @@
 //! Instances as transient units, driven through llamactld's API in the private systemd.
 
 use crate::util::sandbox::{DaemonUnit, Sandbox};
-use crate::util::{
-    api, fake_backend, free_port, get, http, llama_backend, run, wait_for, LLAMACTL,
-};
+use crate::util::{api, fake_backend, free_port, get, http, llama_backend, run, wait_for};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
@@ -15,7 +13,7 @@ fn daemon(test: &str, extra_config: &str, extra_unit: &str) -> DaemonUnit {
     let d = DaemonUnit::install(
         test,
         port,
-        &format!("[instances]\nport_range = [{lo}, {}]\nhealth_check_interval = \"500ms\"\n{extra_config}", lo + 99),
+        &format!("[instances]\nallowed_backends = [\"llama_cpp\", \"vllm\", \"command\"]\nport_range = [{lo}, {}]\nhealth_check_interval = \"500ms\"\n{extra_config}", lo + 99),
         extra_unit,
     );
     d.start();
@@ -358,7 +356,12 @@ fn desired_running_instances_start_with_the_daemon() {
 fn corrupt_spec_is_reported_and_the_others_load() {
     unit_test!();
     let port = free_port();
-    let d = DaemonUnit::install("corrupt", port, "", "");
+    let d = DaemonUnit::install(
+        "corrupt",
+        port,
+        "[instances]\nallowed_backends = [\"command\"]\n",
+        "",
+    );
     let dir = d.state_path().join("instances");
     std::fs::create_dir_all(&dir).unwrap();
     let good = json!({"name": "good", "created": 1, "desired_state": "stopped",
@@ -543,7 +546,7 @@ fn cli_drives_the_lifecycle() {
     let d = daemon("cli", "", "");
     let url = format!("http://127.0.0.1:{}", d.port);
     let cli = |args: &[&str]| {
-        let out = run(Command::new(LLAMACTL).arg("--url").arg(&url).args(args));
+        let out = run(crate::util::llamactl().arg("--url").arg(&url).args(args));
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -579,14 +582,19 @@ fn cli_drives_the_lifecycle() {
     );
     let (_, out, _) = cli(&["-o", "json", "show", "viacli"]);
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["options"]["environment"]["GREETING"], "hi");
+    // Environment values are shown redacted; the unit has the real one.
+    assert_eq!(v["options"]["environment"]["GREETING"], "<redacted>");
+    assert!(
+        unit_prop(d.sb, "llamactl-viacli.service", "Environment").contains("GREETING=hi"),
+        "the unit's environment lacks GREETING=hi"
+    );
     let (code, out, _) = cli(&["health", "viacli"]);
     assert_eq!((code, out.trim()), (Some(0), "viacli: ready (healthy)"));
     let (code, out, _) = cli(&["logs", "viacli", "-n", "20"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("fake_backend: listening on"), "{out}");
     // Follow mode streams new lines as they come.
-    let mut child = Command::new(LLAMACTL)
+    let mut child = crate::util::llamactl()
         .args(["--url", &url, "logs", "viacli", "-n", "1", "-f"])
         .stdout(std::process::Stdio::piped())
         .spawn()

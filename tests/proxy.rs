@@ -13,7 +13,7 @@ fn daemon(test: &str, extra: &str) -> DaemonUnit {
         test,
         port,
         &format!(
-            "[instances]\nport_range = [{lo}, {}]\nhealth_check_interval = \"500ms\"\n{extra}",
+            "[instances]\nallowed_backends = [\"llama_cpp\", \"vllm\", \"command\"]\nport_range = [{lo}, {}]\nhealth_check_interval = \"500ms\"\n{extra}",
             lo + 99
         ),
         "",
@@ -133,7 +133,7 @@ fn real_llama_server_behind_the_proxy() {
     // A client that disconnects mid-stream frees the backend's only slot.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
     let body = json!({"model": "psmol", "stream": true, "messages": [{"role": "user", "content": "Write a long story"}], "max_tokens": 4000}).to_string();
-    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut buf = [0u8; 512];
     let n = s.read(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));

@@ -11,7 +11,7 @@ fn daemon(test: &str) -> DaemonUnit {
     let d = DaemonUnit::install(
         test,
         port,
-        &format!("[instances]\nport_range = [{lo}, {}]\n[monitoring]\ncollection_interval = \"500ms\"\nmetrics = [\"instance_stats\", \"api_performance\", \"system_resources\", \"gpu\"]\n", lo + 99),
+        &format!("[instances]\nallowed_backends = [\"llama_cpp\", \"vllm\", \"command\"]\nport_range = [{lo}, {}]\n[monitoring]\ncollection_interval = \"500ms\"\nmetrics = [\"instance_stats\", \"api_performance\", \"system_resources\", \"gpu\"]\n", lo + 99),
         "",
     );
     d.start();

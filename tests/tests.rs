@@ -9,4 +9,5 @@ mod instances;
 mod packaging;
 mod proxy;
 mod resources;
+mod security;
 mod unit;

@@ -1,8 +1,7 @@
 //! llamactld as a real systemd unit (the shipped unit file) in the private systemd.
 
 use crate::util::sandbox::{DaemonUnit, EXCLUSIVE};
-use crate::util::{free_port, get, http, promtool_check, run, wait_for, LLAMACTL};
-use std::process::Command;
+use crate::util::{free_port, get, http, promtool_check, run, wait_for};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -210,20 +209,23 @@ fn endpoints_answer_under_systemd_and_metrics_pass_promtool() {
 
     // The CLI against the real daemon.
     let out =
-        run(Command::new(LLAMACTL).args(["--url", &format!("http://127.0.0.1:{port}"), "health"]));
+        run(crate::util::llamactl().args(["--url", &format!("http://127.0.0.1:{port}"), "health"]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains("connected,") && text.contains("state_dir"),
         "{text}"
     );
-    let out = run(Command::new(LLAMACTL)
+    let out = run(crate::util::llamactl()
         .args(["-o", "json", "health"])
         .env("LLAMACTL_URL", format!("http://127.0.0.1:{port}")));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["healthy"], true);
-    let out =
-        run(Command::new(LLAMACTL).args(["--url", &format!("http://127.0.0.1:{port}"), "version"]));
+    let out = run(crate::util::llamactl().args([
+        "--url",
+        &format!("http://127.0.0.1:{port}"),
+        "version",
+    ]));
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains(&format!("server  {}", env!("CARGO_PKG_VERSION"))));
 }
@@ -267,7 +269,7 @@ fn unreachable_bus_keeps_serving_degraded() {
     let d = DaemonUnit::install(
         "nobus",
         port,
-        "[systemd]\naddress = \"unix:path=/run/llamactl-it-no-such-bus\"\nready_timeout = \"3s\"\n",
+        "[systemd]\naddress = \"unix:path=/run/llamactl-it-no-such-bus\"\nready_timeout = \"3s\"\n[instances]\nallowed_backends = [\"command\"]\n",
         "",
     );
     let t0 = Instant::now();

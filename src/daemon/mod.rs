@@ -4,7 +4,8 @@
 mod notify;
 mod reload;
 
-use crate::config::{self, Loaded, ProcessEnv};
+use crate::auth::Auth;
+use crate::config::{self, Env as _, Loaded, ProcessEnv};
 use crate::host::HostPaths;
 use crate::http::{self, AppState};
 use crate::instance::store::Store;
@@ -93,6 +94,27 @@ async fn serve(
     let listen = listener.local_addr().context("reading the bound address")?;
     info!(component = "http", address = %listen, "listening");
 
+    let auth = Arc::new(
+        Auth::open(
+            &state_dir,
+            &cfg.auth,
+            env.var("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+        )
+        .map_err(|e| anyhow::anyhow!("loading API keys: {e}"))?,
+    );
+    if let Some(e) = auth.keys.load_error() {
+        error!(component = "auth", error = %e, "the key file cannot be read: API keys are not accepted until it is fixed or removed");
+    }
+    let socket_path = cfg.socket_path(&env);
+    let unix = match &socket_path {
+        Some(p) => Some(http::socket::bind(
+            p,
+            &cfg.auth.socket_group,
+            auth.socket_gid(),
+        )?),
+        None => None,
+    };
+
     let store = Store::open(&state_dir).context("opening the instance store")?;
     let instances = Supervisor::open(
         store,
@@ -124,6 +146,7 @@ async fn serve(
         monitor.clone(),
         metrics,
         instances,
+        auth.clone(),
         host,
         state_dir,
         logging.output,
@@ -131,6 +154,7 @@ async fn serve(
     let app = http::app(state.clone());
     let server = http::serve::Server::start(
         listener,
+        unix,
         app,
         cfg.server.worker_threads(),
         shutdown_rx.clone(),
@@ -179,9 +203,31 @@ async fn serve(
     }
     info!(address = %listen, "ready");
 
+    spawn_key_flusher(auth.clone(), shutdown_rx.clone());
     daemon.signal_loop(&mut signals, status_rx).await;
     stop_stats.store(true, std::sync::atomic::Ordering::Relaxed);
-    drain(shutdown_tx, server).await
+    let drained = drain(shutdown_tx, server).await;
+    if let Err(e) = auth.keys.flush() {
+        warn!(component = "auth", error = %e, "could not save the keys' last use");
+    }
+    drained
+}
+
+/// Writes the keys' `last_used_at` back every minute (when it changed): a file write per
+/// request would put an fsync on the request path.
+fn spawn_key_flusher(auth: Arc<Auth>, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let a = auth.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.keys.flush()).await {
+                warn!(component = "auth", error = %e, "could not save the keys' last use");
+            }
+        }
+    });
 }
 
 /// Graceful stop: tell systemd, stop accepting, let in-flight requests finish (bounded).

@@ -43,13 +43,36 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "logging.destinations",
     );
     check(old.systemd != new.systemd, "systemd");
+    check(old.server.socket != new.server.socket, "server.socket");
+    check(
+        old.auth.socket_group != new.auth.socket_group,
+        "auth.socket_group",
+    );
+    // The supervisor keeps the copies it was started with.
+    check(old.instances != new.instances, "instances");
+    check(old.backends != new.backends, "backends");
     v
 }
 
 impl Daemon {
+    /// The operator's keys (`[[auth.keys]]`, the credential) of a new config; a failure fails
+    /// the whole reload.
+    fn reload_keys(&self, new: &config::Loaded) -> Result<(), ()> {
+        self.state.auth.reload(&new.config.auth).map_err(|e| {
+            let e = format!("loading API keys: {e}");
+            error!(component = "config", error = %e, "configuration reload failed; keeping the previous configuration");
+            self.state.update_reload(|r| {
+                r.last_attempt = Some(crate::systemd::unix_now());
+                r.last_error = Some(e.clone());
+                r.reloads_failed += 1;
+            });
+        })
+    }
+
     pub(super) fn reload(&self) {
         let now = crate::systemd::unix_now();
         match config::load(&self.config_path, self.config_explicit) {
+            Ok(new) if self.reload_keys(&new).is_err() => {}
             Ok(new) => {
                 let old = self.state.config();
                 for w in &new.warnings {

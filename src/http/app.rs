@@ -6,9 +6,14 @@
 //! about a tenth of its CPU per request. Here the same things are done inline: the request id is
 //! set and echoed, the API request metrics and debug log get the same route label the router
 //! would give (`/v1/{*rest}`, `/infill`), and an oversized declared body gets its 413 before
-//! anything is read.
+//! anything is read. Access control is the same as the router's: `guard::check`, for the
+//! inference scope.
+//!
+//! One `App` per connection (made by `MakeApp`), carrying who is on the other end (`Peer`), so
+//! every request on the connection is authorised against it.
 
-use super::{observe, request_id, AppState};
+use super::{guard, observe, request_id, AppState};
+use crate::auth::{Peer, Scope};
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::Response;
@@ -22,16 +27,46 @@ use tower::Service;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Makes the service of each new connection.
 #[derive(Clone)]
-pub struct App {
+pub struct MakeApp {
     state: Arc<AppState>,
     router: Router,
 }
 
-impl App {
+impl MakeApp {
     pub fn new(state: Arc<AppState>, router: Router) -> Self {
         Self { state, router }
     }
+}
+
+impl<L> Service<axum::serve::IncomingStream<'_, L>> for MakeApp
+where
+    L: axum::serve::Listener<Addr = Peer>,
+{
+    type Response = App;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<App, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, conn: axum::serve::IncomingStream<'_, L>) -> Self::Future {
+        std::future::ready(Ok(App {
+            state: self.state.clone(),
+            router: self.router.clone(),
+            peer: Arc::new(conn.remote_addr().clone()),
+        }))
+    }
+}
+
+/// The service of one connection.
+#[derive(Clone)]
+pub struct App {
+    state: Arc<AppState>,
+    router: Router,
+    peer: Arc<Peer>,
 }
 
 /// The route template a model request is counted under, as the router names it.
@@ -60,9 +95,12 @@ impl Service<Request> for App {
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let Some(route) = model_route(&req) else {
+            // The router's guard layer authorises it, from this.
+            req.extensions_mut().insert(self.peer.clone());
             return Either::Left(self.router.call(req));
         };
         let state = self.state.clone();
+        let peer = self.peer.clone();
         Either::Right(Box::pin(async move {
             let start = Instant::now();
             let id = match req.headers().get(&X_REQUEST_ID) {
@@ -74,7 +112,13 @@ impl Service<Request> for App {
                     v
                 }
             };
-            let mut res = crate::proxy::model_request(&state, req).await;
+            let mut res = match guard::check(&state, &peer, Scope::Inference, route, &req) {
+                Ok(checked) => {
+                    let res = crate::proxy::model_request(&state, req, &checked.principal).await;
+                    checked.decorate(res)
+                }
+                Err(answer) => *answer,
+            };
             observe::record(
                 &state,
                 "POST",

@@ -26,10 +26,13 @@ impl ApiError {
 fn kind(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => "invalid_request",
+        401 => "unauthorized",
+        403 => "forbidden",
         404 => "not_found",
         405 => "method_not_allowed",
         408 => "timeout",
         413 => "payload_too_large",
+        421 => "misdirected_request",
         415 => "unsupported_media_type",
         422 => "invalid_request",
         429 => "rate_limited",

@@ -188,6 +188,18 @@ pub async fn system(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         Ok(_) => Check::new("memory", CheckStatus::Pass, "meminfo readable"),
         Err(e) => Check::new("memory", CheckStatus::Fail, format!("{e:#}")),
     });
+    checks.push(match state.auth.keys.load_error() {
+        None => Check::new(
+            "auth",
+            CheckStatus::Pass,
+            format!("{} API keys", state.auth.keys.list().len()),
+        ),
+        Some(e) => Check::new(
+            "auth",
+            CheckStatus::Warn,
+            format!("the key file cannot be read, API keys from it are not accepted: {e}"),
+        ),
+    });
     let reload = state.reload_status();
     checks.push(match &reload.last_error {
         None => Check::new("config", CheckStatus::Pass, "config in force"),

@@ -48,6 +48,7 @@ impl From<OpError> for ApiError {
             OpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             OpError::Busy(_) => StatusCode::CONFLICT,
             OpError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            OpError::Forbidden(_) => StatusCode::FORBIDDEN,
         };
         ApiError::new(status, e.to_string())
     }

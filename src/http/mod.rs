@@ -3,11 +3,14 @@
 
 mod app;
 pub mod error;
+pub mod guard;
 pub mod health;
 mod instances;
+mod keys;
 mod observe;
 mod request_id;
 pub mod serve;
+pub mod socket;
 mod state;
 
 pub use state::{AppState, ReloadStatus};
@@ -24,9 +27,10 @@ use tower_http::timeout::TimeoutLayer;
 use crate::metrics::Format;
 use error::ApiError;
 
-/// The service a connection runs: model requests straight to the proxy, the rest via `router`.
-pub fn app(state: Arc<AppState>) -> app::App {
-    app::App::new(state.clone(), router(state))
+/// Makes the service each connection runs: model requests straight to the proxy, the rest via
+/// `router`; every request through `guard`.
+pub fn app(state: Arc<AppState>) -> app::MakeApp {
+    app::MakeApp::new(state.clone(), router(state))
 }
 
 /// Builds the router. The metrics path is fixed here (at start); whether metrics are served is
@@ -35,6 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let cfg = state.config();
     let server = &cfg.config.server;
     let metrics_path = cfg.config.monitoring.prometheus.path.clone();
+    let metrics_route = metrics_path.clone();
     let timeout = server.request_timeout.get();
     let max_body = server.max_body_bytes;
 
@@ -45,8 +50,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/health/live", get(health::live))
         .route("/api/health", get(health::ready))
         .route("/api/system/health", get(health::system))
-        .route(&metrics_path, get(metrics))
+        .route(&metrics_route, get(metrics))
         .merge(instances::routes())
+        .merge(keys::routes())
         .fallback(error::not_found)
         .layer(middleware::from_fn(error::json_errors))
         .layer(TimeoutLayer::with_status_code(
@@ -72,9 +78,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
 
     // Layers run bottom-up for requests: the request id is set first, so every later layer and
-    // the handler see it; the metrics observer sees the final status after JSON rewriting.
+    // the handler see it; the metrics observer sees the final status after JSON rewriting and
+    // access control (a refused request is counted with its route and status).
+    let metrics_path: Arc<str> = metrics_path.into();
     proxy
         .merge(api)
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), metrics_path),
+            guard::guard,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             observe::observe,

@@ -9,16 +9,31 @@
 //! the workers, so 16 connections become 8 + 8 (a shared listening socket would let whichever
 //! thread woke first take them all). Everything else the handlers touch (the supervisor, the
 //! D-Bus connection, the metrics) is `Send + Sync` and shared.
+//!
+//! The same acceptor takes connections on the admin socket (a Unix socket): their peer's
+//! credentials are read from the kernel at accept, and travel with the connection as its
+//! [`Peer`], from which every request on it is authorised.
 
-use super::app::App;
-use axum::ServiceExt;
+use super::app::MakeApp;
+use crate::auth::{peer::peer_cred, Peer};
 use std::future::IntoFuture;
 use std::io;
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
+
+/// An accepted connection on its way to a worker.
+enum Accepted {
+    Tcp(StdTcpStream),
+    Unix(StdUnixStream),
+}
 
 /// The running server: the acceptor and the worker threads.
 pub struct Server {
@@ -30,7 +45,8 @@ impl Server {
     /// until `shutdown` turns true; then they stop accepting and finish what is in flight.
     pub fn start(
         listener: TcpListener,
-        app: App,
+        unix: Option<UnixListener>,
+        app: MakeApp,
         workers: usize,
         shutdown: watch::Receiver<bool>,
     ) -> io::Result<Self> {
@@ -53,7 +69,7 @@ impl Server {
                     runtime.spawn(crate::proxy::idle_sweeper());
                     let listener = Handoff { rx, local };
                     let served = runtime.block_on(
-                        axum::serve(listener, app.into_make_service())
+                        axum::serve(listener, app)
                             .with_graceful_shutdown(async move {
                                 let _ = stop.wait_for(|s| *s).await;
                             })
@@ -64,7 +80,7 @@ impl Server {
             senders.push(tx);
             done.push(done_rx);
         }
-        tokio::spawn(accept_loop(listener, senders, shutdown));
+        tokio::spawn(accept_loop(listener, unix, senders, shutdown));
         Ok(Self { done })
     }
 
@@ -80,35 +96,76 @@ impl Server {
     }
 }
 
+/// One accepted connection from either listener, made ready to hand to a worker: TCP gets
+/// `TCP_NODELAY`, the Unix socket its peer's credentials. `None`: drop it.
+async fn accept_one(tcp: &TcpListener, unix: Option<&UnixListener>) -> Option<(Accepted, Peer)> {
+    let unix_accept = async {
+        match unix {
+            Some(l) => l.accept().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        a = tcp.accept() => {
+            let (tcp, peer) = match a {
+                Ok(a) => a,
+                Err(e) => {
+                    accept_error(e).await;
+                    return None;
+                }
+            };
+            // TCP_NODELAY: streamed tokens go out as they come, not after Nagle's delay.
+            let _ = tcp.set_nodelay(true);
+            // Leave the main runtime's reactor; the worker registers it with its own.
+            match tcp.into_std() {
+                Ok(t) => Some((Accepted::Tcp(t), Peer::Tcp(peer))),
+                Err(e) => {
+                    warn!(component = "http", error = %e, "dropping an accepted connection");
+                    None
+                }
+            }
+        }
+        a = unix_accept => {
+            let stream = match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    accept_error(e).await;
+                    return None;
+                }
+            };
+            let cred = match peer_cred(stream.as_raw_fd()) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(component = "http", error = %e, "no peer credentials on the admin socket; dropping the connection");
+                    return None;
+                }
+            };
+            match stream.into_std() {
+                Ok(s) => Some((Accepted::Unix(s), Peer::Unix(cred))),
+                Err(e) => {
+                    warn!(component = "http", error = %e, "dropping an accepted connection");
+                    None
+                }
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    workers: Vec<mpsc::UnboundedSender<(StdTcpStream, SocketAddr)>>,
+    unix: Option<UnixListener>,
+    workers: Vec<mpsc::UnboundedSender<(Accepted, Peer)>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut next = 0usize;
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = accept_one(&listener, unix.as_ref()) => a,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                accept_error(e).await;
-                continue;
-            }
+        let Some(mut conn) = accepted else {
+            continue;
         };
-        // TCP_NODELAY: streamed tokens go out as they come, not after Nagle's delay.
-        let _ = tcp.set_nodelay(true);
-        // Leave the main runtime's reactor; the worker registers it with its own.
-        let tcp = match tcp.into_std() {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(component = "http", error = %e, "dropping an accepted connection");
-                continue;
-            }
-        };
-        let mut conn = (tcp, peer);
         let mut sent = false;
         for _ in 0..workers.len() {
             let w = &workers[next % workers.len()];
@@ -149,28 +206,96 @@ async fn accept_error(e: io::Error) {
 
 /// A worker's side of the hand-off: connections the acceptor dealt to it.
 struct Handoff {
-    rx: mpsc::UnboundedReceiver<(StdTcpStream, SocketAddr)>,
+    rx: mpsc::UnboundedReceiver<(Accepted, Peer)>,
     local: SocketAddr,
 }
 
 impl axum::serve::Listener for Handoff {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
+    type Io = Conn;
+    type Addr = Peer;
 
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+    async fn accept(&mut self) -> (Conn, Peer) {
         loop {
-            let Some((tcp, peer)) = self.rx.recv().await else {
+            let Some((conn, peer)) = self.rx.recv().await else {
                 // The acceptor is gone (shutting down): graceful shutdown ends `serve`.
                 return std::future::pending().await;
             };
-            match TcpStream::from_std(tcp) {
-                Ok(t) => return (t, peer),
+            let io = match conn {
+                Accepted::Tcp(t) => TcpStream::from_std(t).map(Conn::Tcp),
+                Accepted::Unix(u) => UnixStream::from_std(u).map(Conn::Unix),
+            };
+            match io {
+                Ok(io) => return (io, peer),
                 Err(e) => warn!(component = "http", error = %e, "dropping a connection"),
             }
         }
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
+    fn local_addr(&self) -> io::Result<Peer> {
+        Ok(Peer::Tcp(self.local))
+    }
+}
+
+/// A connection from either listener.
+pub enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Tcp(s) => s.is_write_vectored(),
+            Conn::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! State shared by all handlers.
 
+use crate::auth::Auth;
 use crate::config::Loaded;
 use crate::host::HostPaths;
 use crate::instance::Supervisor;
@@ -26,6 +27,7 @@ pub struct AppState {
     pub systemd: Monitor,
     pub metrics: Arc<Metrics>,
     pub instances: Arc<Supervisor>,
+    pub auth: Arc<Auth>,
     pub host: HostPaths,
     pub state_dir: PathBuf,
     pub log_output: &'static str,
@@ -34,11 +36,13 @@ pub struct AppState {
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)] // a constructor of plain parts, each named at the call
     pub fn new(
         loaded: Loaded,
         systemd: Monitor,
         metrics: Arc<Metrics>,
         instances: Arc<Supervisor>,
+        auth: Arc<Auth>,
         host: HostPaths,
         state_dir: PathBuf,
         log_output: &'static str,
@@ -49,6 +53,7 @@ impl AppState {
             systemd,
             metrics,
             instances,
+            auth,
             host,
             state_dir,
             log_output,

@@ -2,7 +2,7 @@
 //! idle stop, and `max_running` with least-recently-used eviction.
 
 use super::runtime::State;
-use super::supervisor::{OpError, Supervisor};
+use super::supervisor::{OpError, Rights, Supervisor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -43,14 +43,12 @@ impl Supervisor {
             .map(|e| e.spec.name.clone())
     }
 
-    /// `host:port` of an instance's backend.
-    pub fn backend_addr(&self, name: &str) -> Option<String> {
-        self.table()
-            .instances
-            .get(name)?
-            .spec
-            .options
-            .connect_addr()
+    /// `host:port` of an instance's backend, and the key the backend wants (its own
+    /// `api_key` option), if any.
+    pub fn backend_target(&self, name: &str) -> Option<(String, Option<String>)> {
+        let t = self.table();
+        let o = &t.instances.get(name)?.spec.options;
+        Some((o.connect_addr()?, o.backend_key().map(str::to_string)))
     }
 
     pub fn begin_request(self: &Arc<Self>, name: &str) -> InFlight {
@@ -66,8 +64,15 @@ impl Supervisor {
 
     /// Makes sure the instance serves: starts it if it is stopped and allows on-demand starts
     /// (one start however many requests ask at once), then waits until it is ready. Returns
-    /// whether this call started it.
-    pub async fn ensure_ready(&self, name: &str, timeout: Duration) -> Result<bool, OpError> {
+    /// whether this call started it. `rights` are the caller's: without `can_start` a stopped
+    /// instance is refused; without `can_evict` the start waits for a free slot under
+    /// `max_running` instead of evicting.
+    pub async fn ensure_ready(
+        &self,
+        name: &str,
+        timeout: Duration,
+        rights: Rights,
+    ) -> Result<bool, OpError> {
         // Hot path of every proxied request: a ready instance needs no gate and no JSON view.
         if self.table().instances.get(name).map(|e| e.state()) == Some(State::Ready) {
             return Ok(false);
@@ -94,9 +99,15 @@ impl Supervisor {
                         state.as_str()
                     )));
                 }
+                if !rights.can_start {
+                    return Err(OpError::Forbidden(format!(
+                        "instance {name:?} is {} and this API key may not start it (can_start = false)",
+                        state.as_str()
+                    )));
+                }
                 // Under max_running, wait for a slot while everything is busy.
                 loop {
-                    match self.start(name).await {
+                    match self.start_with(name, rights).await {
                         Ok(_) => break,
                         Err(OpError::Busy(msg)) => {
                             if Instant::now() >= deadline {
@@ -134,9 +145,10 @@ impl Supervisor {
         }
     }
 
-    /// Under `max_running`, stops the least recently used idle instance so `name` can start.
-    /// Called with the operations lock held (from `start_locked`).
-    pub(super) async fn make_room(&self, name: &str) -> Result<(), OpError> {
+    /// Under `max_running`, stops the least recently used idle instance so `name` can start
+    /// (when `may_evict`; otherwise only a free slot will do). Called with the operations lock
+    /// held (from `start_locked`).
+    pub(super) async fn make_room(&self, name: &str, may_evict: bool) -> Result<(), OpError> {
         let max = self.cfg.max_running as usize;
         if max == 0 {
             return Ok(());
@@ -150,6 +162,11 @@ impl Supervisor {
                 .collect();
             if running.len() < max {
                 return Ok(());
+            }
+            if !may_evict {
+                return Err(OpError::Busy(format!(
+                    "max_running ({max}) reached, and this API key may not stop another instance to make room (can_evict = false)"
+                )));
             }
             running
                 .iter()

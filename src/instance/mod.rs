@@ -3,10 +3,11 @@
 
 pub mod demand;
 pub mod logs;
+pub mod policy;
 pub mod runtime;
 pub mod spec;
 pub mod store;
 pub mod supervisor;
 mod watch;
 
-pub use supervisor::{OpError, Supervisor};
+pub use supervisor::{OpError, Rights, Supervisor};

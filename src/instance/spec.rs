@@ -413,6 +413,16 @@ impl InstanceOptions {
             .map(|m| std::time::Duration::from_secs_f64(m * 60.0))
     }
 
+    /// The key the backend itself requires (`api_key`: llama-server's and vLLM's `--api-key`,
+    /// the first of a comma-separated list), which the proxy sends it.
+    pub fn backend_key(&self) -> Option<&str> {
+        if self.backend_type == BackendType::Command {
+            return None;
+        }
+        let k = self.backend_options.get("api_key")?.as_str()?;
+        k.split(',').map(str::trim).find(|k| !k.is_empty())
+    }
+
     /// Where readiness is probed.
     pub fn health_path(&self) -> &str {
         self.backend_options
@@ -524,15 +534,15 @@ pub fn command_line(o: &InstanceOptions, backends: &BackendsConfig) -> Vec<Strin
     }
 }
 
-/// The environment of an instance: the backend's config, then the instance's own entries, then
-/// what llamactl sets itself.
+/// The environment of an instance: its own entries, then the backend's config (the operator's
+/// settings win over the API's), then what llamactl sets itself.
 pub fn environment(name: &str, o: &InstanceOptions, backends: &BackendsConfig) -> Vec<String> {
-    let mut env: BTreeMap<String, String> = match o.backend_type {
+    let mut env: BTreeMap<String, String> = o.environment.clone();
+    env.extend(match o.backend_type {
         BackendType::LlamaCpp => backends.llama_cpp.environment.clone(),
         BackendType::Vllm => backends.vllm.environment.clone(),
         BackendType::Command => BTreeMap::new(),
-    };
-    env.extend(o.environment.clone());
+    });
     if let Some(g) = &o.gpus {
         let ids: Vec<String> = g.iter().filter_map(scalar).collect();
         env.insert("CUDA_VISIBLE_DEVICES".into(), ids.join(","));

@@ -2,6 +2,7 @@
 //! keeps the two in step. Lifecycle operations are serialised (one at a time) so two requests
 //! cannot start the same unit or hand out the same port; reads never wait for them.
 
+use super::policy;
 use super::runtime::{derive, Health, State};
 use super::spec::{self, DesiredState, InstanceOptions, InstanceSpec};
 use super::store::{Corrupt, Store};
@@ -32,6 +33,34 @@ pub enum OpError {
     Busy(String),
     #[error("{0}")]
     Failed(String),
+    /// The operator's policy does not allow it (`[instances]` allowed_backends, environment,
+    /// max_instances): 403.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl From<policy::Refusal> for OpError {
+    fn from(r: policy::Refusal) -> Self {
+        match r {
+            policy::Refusal::Forbidden(m) => OpError::Forbidden(m),
+            policy::Refusal::Invalid(m) => OpError::BadRequest(m),
+        }
+    }
+}
+
+/// What a start may do besides starting: `can_evict` (stop the least recently used instance
+/// under `max_running`). An API key's right of the same name limits it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rights {
+    pub can_start: bool,
+    pub can_evict: bool,
+}
+
+impl Rights {
+    pub const ALL: Rights = Rights {
+        can_start: true,
+        can_evict: true,
+    };
 }
 
 pub(super) struct Entry {
@@ -171,7 +200,8 @@ impl Supervisor {
             "name": e.spec.name,
             "status": state.upstream_status(),
             "created": e.spec.created,
-            "options": e.spec.options,
+            // Secrets (environment values, api_key, *_token) never leave the daemon.
+            "options": policy::redacted(&e.spec.options),
             "state": state,
             "desired_state": e.spec.desired_state,
             "unit": spec::unit_name(&e.spec.name),
@@ -275,12 +305,19 @@ impl Supervisor {
     pub async fn create(&self, name: &str, mut options: InstanceOptions) -> Result<Value, OpError> {
         spec::validate_name(name).map_err(OpError::BadRequest)?;
         options.normalise(&self.cfg).map_err(OpError::BadRequest)?;
+        policy::check(&options, &self.cfg)?;
         let _op = self.ops.lock().await;
         {
             let t = self.table();
             if t.instances.contains_key(name) {
                 return Err(OpError::Conflict(format!(
                     "instance {name:?} already exists"
+                )));
+            }
+            let max = self.cfg.max_instances as usize;
+            if t.instances.len() + t.corrupt.len() >= max {
+                return Err(OpError::Forbidden(format!(
+                    "{max} instances exist already ([instances] max_instances); delete one first"
                 )));
             }
             if let Some(c) = t.corrupt.iter().find(|c| c.name == name) {
@@ -317,13 +354,16 @@ impl Supervisor {
     /// Replaces the options; a running instance is restarted with them (as upstream does).
     pub async fn update(&self, name: &str, mut options: InstanceOptions) -> Result<Value, OpError> {
         spec::validate_name(name).map_err(OpError::BadRequest)?;
-        options.normalise(&self.cfg).map_err(OpError::BadRequest)?;
         let _op = self.ops.lock().await;
         let (old_port, running) = {
             let t = self.table();
             let e = t.instances.get(name).ok_or_else(|| not_found(name))?;
+            // A spec read from the API carries `<redacted>` for its secrets: keep the stored ones.
+            policy::keep_redacted(&mut options, &e.spec.options).map_err(OpError::BadRequest)?;
             (e.spec.options.port(), e.state().is_running())
         };
+        options.normalise(&self.cfg).map_err(OpError::BadRequest)?;
+        policy::check(&options, &self.cfg)?;
         let port = self.assign_port(name, options.port().or(old_port), options.host())?;
         options.set_port(port);
         if running {
@@ -340,7 +380,7 @@ impl Supervisor {
             .map_err(|e| OpError::Failed(format!("{e:#}")))?;
         info!(llamactl_instance = name, "instance updated");
         if running {
-            self.start_locked(name).await?;
+            self.start_locked(name, Rights::ALL).await?;
         }
         self.get(name)
     }
@@ -369,9 +409,14 @@ impl Supervisor {
     }
 
     pub async fn start(&self, name: &str) -> Result<Value, OpError> {
+        self.start_with(name, Rights::ALL).await
+    }
+
+    /// A start on behalf of someone with limited rights (an inference key's on-demand start).
+    pub async fn start_with(&self, name: &str, rights: Rights) -> Result<Value, OpError> {
         spec::validate_name(name).map_err(OpError::BadRequest)?;
         let _op = self.ops.lock().await;
-        self.start_locked(name).await?;
+        self.start_locked(name, rights).await?;
         self.get(name)
     }
 
@@ -386,7 +431,7 @@ impl Supervisor {
         spec::validate_name(name).map_err(OpError::BadRequest)?;
         let _op = self.ops.lock().await;
         self.stop_locked(name).await?;
-        self.start_locked(name).await?;
+        self.start_locked(name, Rights::ALL).await?;
         self.get(name)
     }
 
@@ -421,6 +466,7 @@ impl Supervisor {
         let restart = o.auto_restart.unwrap_or(true) && o.max_restarts.unwrap_or(0) > 0;
         let delay = o.restart_delay.unwrap_or(0).max(0) as u64;
         let max_restarts = o.max_restarts.unwrap_or(0).clamp(0, 10_000) as u32;
+        let gpus = o.gpus.as_ref().is_some_and(|g| !g.is_empty());
         Ok(TransientService {
             unit: spec::unit_name(&spec.name),
             description: format!("llamactl instance {} ({:?})", spec.name, o.backend_type),
@@ -447,10 +493,12 @@ impl Supervisor {
             syslog_identifier: format!("llamactl-{}", spec.name),
             log_extra_fields: vec![format!("LLAMACTL_INSTANCE={}", spec.name)],
             timeout_stop_usec: self.cfg.stop_timeout.get().as_micros() as u64,
+            memory_deny_write_execute: o.backend_type == spec::BackendType::LlamaCpp && !gpus,
+            gpu_devices: gpus,
         })
     }
 
-    pub(super) async fn start_locked(&self, name: &str) -> Result<(), OpError> {
+    pub(super) async fn start_locked(&self, name: &str, rights: Rights) -> Result<(), OpError> {
         let spec = self
             .table()
             .instances
@@ -465,7 +513,14 @@ impl Supervisor {
                 "instance {name:?} is already running ({state:?})"
             )));
         }
-        self.make_room(name).await?;
+        // Checked again at every start: a spec file edited by hand, or one created before the
+        // operator tightened the policy, gets no further than one from the API.
+        if let Err(e) = policy::check(&spec.options, &self.cfg) {
+            let e = OpError::from(e);
+            self.record_error(name, Some(e.to_string()));
+            return Err(e);
+        }
+        self.make_room(name, rights.can_evict).await?;
         let port = spec.options.port().unwrap_or(0);
         if !port_free(spec.options.host(), port) {
             return Err(OpError::Conflict(format!(
@@ -483,7 +538,7 @@ impl Supervisor {
         units::reset_failed(&conn, &plan.unit)
             .await
             .map_err(|e| OpError::Failed(e.to_string()))?;
-        info!(llamactl_instance = name, unit = %plan.unit, argv = %plan.argv.join(" "), "starting instance");
+        info!(llamactl_instance = name, unit = %plan.unit, argv = %policy::redact_argv(&plan.argv).join(" "), "starting instance");
         let started = units::start_transient(&conn, &plan, self.cfg.job_timeout.get()).await;
         let _ = self.refresh(&conn, name).await;
         match started {

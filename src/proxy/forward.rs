@@ -218,6 +218,7 @@ mod tests {
             &axum::http::HeaderMap::new(),
             &addr,
             body.len(),
+            None,
         )
         .expect("a valid target");
         let (head, body) = upstream::send(&addr, &head, &body, &Method::POST)

@@ -12,8 +12,8 @@ pub use upstream::idle_sweeper;
 use crate::http::AppState;
 use crate::instance::demand::InFlight;
 use crate::instance::spec::InstanceOptions;
-use crate::instance::OpError;
-use axum::extract::{Path, Request, State};
+use crate::instance::{OpError, Rights};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -24,6 +24,30 @@ use std::sync::Arc;
 use std::time::Instant;
 
 type S = State<Arc<AppState>>;
+
+/// Who sends a proxied request, as far as the proxy cares: which instances it may use and
+/// whether it may start or evict one. Decided above this layer (an API key's allow-list and
+/// rights, `auth::Principal`); the HTTP layer puts one in every request's extensions.
+pub trait Caller: Send + Sync {
+    fn may_use(&self, instance: &str) -> bool;
+    fn rights(&self) -> Rights;
+}
+
+/// The caller of a request routed through axum (set by `http::guard`).
+#[derive(Clone)]
+pub struct CallerExt(pub Arc<dyn Caller>);
+
+/// A caller who may do everything (tests, internal use).
+pub struct Unrestricted;
+
+impl Caller for Unrestricted {
+    fn may_use(&self, _: &str) -> bool {
+        true
+    }
+    fn rights(&self) -> Rights {
+        Rights::ALL
+    }
+}
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -75,6 +99,12 @@ fn op_error(e: OpError) -> Response {
             "instance_failed",
             m,
         ),
+        OpError::Forbidden(m) => oai_error(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "permission_denied",
+            m,
+        ),
     }
 }
 
@@ -91,12 +121,13 @@ fn endpoint(path: &str) -> &'static str {
     }
 }
 
-/// `GET /v1/models`: every instance as a model, with its state.
-async fn models(State(s): S) -> Json<serde_json::Value> {
+/// `GET /v1/models`: every instance the caller may use as a model, with its state.
+async fn models(State(s): S, Extension(caller): Extension<CallerExt>) -> Json<serde_json::Value> {
     let data: Vec<_> = s
         .instances
         .list()
         .into_iter()
+        .filter(|i| i["name"].as_str().is_some_and(|n| caller.0.may_use(n)))
         .map(|i| {
             let aliases = serde_json::from_value::<InstanceOptions>(i["options"].clone())
                 .map(|o| o.model_aliases())
@@ -135,12 +166,13 @@ struct ModelField {
 }
 
 /// `POST /v1/*` through the router (the daemon's front door calls `model_request` directly).
-async fn by_model(State(s): S, req: Request) -> Response {
-    model_request(&s, req).await
+async fn by_model(State(s): S, Extension(caller): Extension<CallerExt>, req: Request) -> Response {
+    model_request(&s, req, &*caller.0).await
 }
 
-/// A model request: routed by its `model` field, started on demand, forwarded.
-pub async fn model_request(s: &AppState, req: Request) -> Response {
+/// A model request: routed by its `model` field, started on demand, forwarded. An instance the
+/// caller may not use answers exactly as an unknown model would, so names do not leak.
+pub async fn model_request(s: &AppState, req: Request, caller: &dyn Caller) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let max = s.config().config.proxy.max_body_bytes;
@@ -180,7 +212,11 @@ pub async fn model_request(s: &AppState, req: Request) -> Response {
             )
         }
     };
-    let Some(name) = s.instances.resolve_model(&model) else {
+    let Some(name) = s
+        .instances
+        .resolve_model(&model)
+        .filter(|n| caller.may_use(n))
+    else {
         return oai_error(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -192,7 +228,11 @@ pub async fn model_request(s: &AppState, req: Request) -> Response {
     // between it being made ready and the request reaching it.
     let in_flight = s.instances.begin_request(&name);
     let timeout = s.config().config.proxy.start_timeout.get();
-    if let Err(e) = s.instances.ensure_ready(&name, timeout).await {
+    if let Err(e) = s
+        .instances
+        .ensure_ready(&name, timeout, caller.rights())
+        .await
+    {
         return op_error(e);
     }
     let path_and_query = parts
@@ -287,10 +327,17 @@ async fn send(
     body: axum::body::Bytes,
     started: Instant,
 ) -> Response {
-    let Some(addr) = s.instances.backend_addr(name) else {
+    let Some((addr, backend_key)) = s.instances.backend_target(name) else {
         return op_error(OpError::NotFound(format!("no instance named {name:?}")));
     };
-    let head = match upstream::encode_head(method, path_and_query, headers, &addr, body.len()) {
+    let head = match upstream::encode_head(
+        method,
+        path_and_query,
+        headers,
+        &addr,
+        body.len(),
+        backend_key.as_deref(),
+    ) {
         Ok(h) => h,
         Err(e) => {
             return oai_error(

@@ -24,6 +24,30 @@ use std::time::{Duration, Instant};
 pub const LLAMACTLD: &str = env!("CARGO_BIN_EXE_llamactld");
 pub const LLAMACTL: &str = env!("CARGO_BIN_EXE_llamactl");
 
+/// The management key every test daemon is provisioned with (`[[auth.keys]]` by digest), and
+/// that `http`/`get`/`api` send unless the test sends its own credentials (`http_raw` sends
+/// none).
+pub const TEST_KEY: &str = "llk_integration_tests_management_key_not_secret_0123456789abcdef";
+
+/// The `[[auth.keys]]` entry for `TEST_KEY`, appended to every test daemon's config.
+pub fn test_key_config() -> String {
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(TEST_KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "\n[[auth.keys]]\nname = \"it-admin\"\nscope = \"management\"\nhash = \"sha256:{hex}\"\n"
+    )
+}
+
+/// The client binary, with the test key for TCP.
+pub fn llamactl() -> Command {
+    let mut c = Command::new(LLAMACTL);
+    c.env("LLAMACTL_API_KEY", TEST_KEY);
+    c
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -56,7 +80,8 @@ impl Reply {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`; enough for a JSON API and /metrics.
+/// One HTTP/1.1 request with `Connection: close`, as the test's management key (unless
+/// `headers` carry credentials of their own); enough for a JSON API and /metrics.
 pub fn http(
     method: &str,
     port: u16,
@@ -64,10 +89,56 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Reply> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    let own = headers.iter().any(|(k, _)| {
+        k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("x-api-key")
+    });
+    let bearer = format!("Bearer {TEST_KEY}");
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if !own {
+        all.push(("Authorization", &bearer));
+    }
+    http_raw(method, port, path, &all, body)
+}
+
+/// One HTTP/1.1 request exactly as given: no credentials are added.
+pub fn http_raw(
+    method: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    exchange(s, method, &format!("127.0.0.1:{port}"), path, headers, body)
+}
+
+/// One request on the admin socket at `sock` (no credentials: the daemon knows us as root).
+pub fn http_unix(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let s = std::os::unix::net::UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    exchange(s, method, "localhost", path, headers, body)
+}
+
+fn exchange<S: Read + Write>(
+    mut s: S,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let has_host = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host"));
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !has_host {
+        req.push_str(&format!("Host: {host}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

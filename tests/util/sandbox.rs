@@ -145,6 +145,18 @@ impl Sandbox {
     pub fn is_private(&self) -> bool {
         self.pid1.is_some()
     }
+
+    /// The group the shipped unit joins (`SupplementaryGroups=llamactl`) and gives the admin
+    /// socket to, as the packages create it. In the private sandbox this lands in its
+    /// throw-away overlay.
+    pub fn ensure_socket_group(&self) {
+        static DONE: OnceLock<()> = OnceLock::new();
+        DONE.get_or_init(|| {
+            if !self.run(&["getent", "group", "llamactl"]).status.success() {
+                self.ok(&["groupadd", "--system", "llamactl"]);
+            }
+        });
+    }
 }
 
 /// llamactld installed as a unit made from the shipped `units/llamactl.service` (renamed per test,
@@ -158,6 +170,9 @@ pub struct DaemonUnit {
     /// The daemon's own state directory (inside the sandbox), one per test so that test
     /// daemons never share instance specs.
     pub state_dir: String,
+    /// Its admin socket (inside the sandbox): `$RUNTIME_DIRECTORY/llamactl.sock`, with a
+    /// runtime directory of its own.
+    pub socket: String,
 }
 
 impl DaemonUnit {
@@ -168,10 +183,15 @@ impl DaemonUnit {
         let dir = super::scratch(test);
         let config = dir.join("config.toml");
         let state_dir = format!("/var/lib/llamactl-it/{test}");
+        let socket = format!("/run/llamactl-it/{test}/llamactl.sock");
         super::write(
             &config,
-            &format!("[server]\nport = {port}\nstate_dir = \"{state_dir}\"\n{config_toml}"),
+            &format!(
+                "[server]\nport = {port}\nstate_dir = \"{state_dir}\"\n{config_toml}{}",
+                super::test_key_config()
+            ),
         );
+        sb.ensure_socket_group();
         let units = sb.root().join("run/systemd/system");
         std::fs::create_dir_all(units.join(format!("{unit}.d"))).unwrap();
         let shipped = std::fs::read_to_string(repo().join("units/llamactl.service")).unwrap();
@@ -179,7 +199,7 @@ impl DaemonUnit {
         super::write(
             &units.join(format!("{unit}.d/test.conf")),
             &format!(
-                "[Service]\nExecStart=\nExecStart={LLAMACTLD} --config {}\nStateDirectory=llamactl-it/{test}\n{extra}\n",
+                "[Service]\nExecStart=\nExecStart={LLAMACTLD} --config {}\nStateDirectory=llamactl-it/{test}\nRuntimeDirectory=\nRuntimeDirectory=llamactl-it/{test}\n{extra}\n",
                 config.display()
             ),
         );
@@ -191,18 +211,26 @@ impl DaemonUnit {
             port,
             config,
             state_dir,
+            socket,
         }
     }
 
-    /// Rewrites the config file, keeping the port and state directory.
+    /// Rewrites the config file, keeping the port, state directory and test key.
     pub fn rewrite_config(&self, config_toml: &str) {
         super::write(
             &self.config,
             &format!(
-                "[server]\nport = {}\nstate_dir = \"{}\"\n{config_toml}",
-                self.port, self.state_dir
+                "[server]\nport = {}\nstate_dir = \"{}\"\n{config_toml}{}",
+                self.port,
+                self.state_dir,
+                super::test_key_config()
             ),
         );
+    }
+
+    /// The admin socket as seen from the test (through the sandbox's root).
+    pub fn socket_path(&self) -> PathBuf {
+        self.sb.root().join(self.socket.trim_start_matches('/'))
     }
 
     /// The state directory as seen from the test (through the sandbox's root).

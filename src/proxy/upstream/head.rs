@@ -23,12 +23,16 @@ const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
+/// The client's headers that go on to the backend: not this hop's, and not its credentials for
+/// llamactld (`authorization`, `x-api-key`): a llamactl key never reaches a backend.
 fn passed_on_request(name: &str) -> bool {
-    !HOP_BY_HOP.contains(&name) && name != "host" && name != "expect"
+    !HOP_BY_HOP.contains(&name)
+        && !matches!(name, "host" | "expect" | "authorization" | "x-api-key")
 }
 
 /// The request head for `path_and_query` on the backend at `addr` (`host:port`), with the
-/// client's end-to-end headers. A target that is not one origin-form token (a space or control
+/// client's end-to-end headers, and `backend_key` (the instance's own `api_key`, when it has
+/// one) as its bearer token. A target that is not one origin-form token (a space or control
 /// byte would end the request line early) is refused.
 pub fn encode_head(
     method: &Method,
@@ -36,6 +40,7 @@ pub fn encode_head(
     headers: &HeaderMap,
     addr: &str,
     body_len: usize,
+    backend_key: Option<&str>,
 ) -> Result<Vec<u8>, String> {
     if !path_and_query.starts_with('/') || path_and_query.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(format!(
@@ -56,6 +61,11 @@ pub fn encode_head(
             h.extend_from_slice(v.as_bytes());
             h.extend_from_slice(b"\r\n");
         }
+    }
+    if let Some(k) = backend_key.filter(|k| !k.bytes().any(|b| b < b' ' || b == 0x7f)) {
+        h.extend_from_slice(b"authorization: Bearer ");
+        h.extend_from_slice(k.as_bytes());
+        h.extend_from_slice(b"\r\n");
     }
     h.extend_from_slice(b"x-forwarded-proto: http\r\n");
     if body_len > 0 || !matches!(*method, Method::GET | Method::HEAD | Method::DELETE) {

@@ -159,8 +159,12 @@ fn request_heads_drop_this_hops_headers() {
     h.insert("host", HeaderValue::from_static("front:8080"));
     h.insert("content-length", HeaderValue::from_static("999"));
     h.insert("expect", HeaderValue::from_static("100-continue"));
-    h.insert("authorization", HeaderValue::from_static("Bearer k"));
-    let head = encode_head(&Method::POST, "/v1/x?a=1", &h, "127.0.0.1:9", 2).expect("valid");
+    h.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer llk_client"),
+    );
+    h.insert("x-api-key", HeaderValue::from_static("llk_client2"));
+    let head = encode_head(&Method::POST, "/v1/x?a=1", &h, "127.0.0.1:9", 2, None).expect("valid");
     let head = String::from_utf8(head).expect("ascii");
     assert!(
         head.starts_with("POST /v1/x?a=1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\n"),
@@ -170,15 +174,29 @@ fn request_heads_drop_this_hops_headers() {
         head.contains("content-type: application/json\r\n"),
         "{head}"
     );
-    assert!(head.contains("authorization: Bearer k\r\n"), "{head}");
+    // The client's credentials for llamactld never reach the backend.
+    assert!(!head.contains("llk_client"), "{head}");
     assert!(head.contains("x-forwarded-proto: http\r\n"), "{head}");
     assert!(head.ends_with("content-length: 2\r\n\r\n"), "{head}");
     for gone in ["connection", "front:8080", "999", "expect"] {
         assert!(!head.contains(gone), "{gone} in {head}");
     }
-    let get = encode_head(&Method::GET, "/slots", &HeaderMap::new(), "h:1", 0).expect("valid");
+    let get = encode_head(
+        &Method::GET,
+        "/slots",
+        &HeaderMap::new(),
+        "h:1",
+        0,
+        Some("sk-backend"),
+    )
+    .expect("valid");
     let get = String::from_utf8(get).expect("ascii");
     assert!(!get.contains("content-length"), "{get}");
+    // The instance's own key is what the backend sees.
+    assert!(
+        get.contains("authorization: Bearer sk-backend\r\n"),
+        "{get}"
+    );
 }
 
 #[test]
@@ -192,11 +210,19 @@ fn a_target_that_would_end_the_request_line_is_refused() {
         "",
     ] {
         assert!(
-            encode_head(&Method::GET, bad, &HeaderMap::new(), "h:1", 0).is_err(),
+            encode_head(&Method::GET, bad, &HeaderMap::new(), "h:1", 0, None).is_err(),
             "{bad:?}"
         );
     }
-    assert!(encode_head(&Method::GET, "/a%0D%0Ab?x=%20", &HeaderMap::new(), "h:1", 0).is_ok());
+    assert!(encode_head(
+        &Method::GET,
+        "/a%0D%0Ab?x=%20",
+        &HeaderMap::new(),
+        "h:1",
+        0,
+        None
+    )
+    .is_ok());
 }
 
 // ---------------------------------------------------------------- against sockets
@@ -272,7 +298,8 @@ async fn read_request(s: &mut TcpStream, seen: &mut Vec<u8>) -> Option<()> {
 
 async fn request(addr: &str, method: Method) -> Result<(Head, Body), UpstreamError> {
     let body = Bytes::from_static(b"{}");
-    let head = encode_head(&method, "/x", &HeaderMap::new(), addr, body.len()).expect("valid");
+    let head =
+        encode_head(&method, "/x", &HeaderMap::new(), addr, body.len(), None).expect("valid");
     send(addr, &head, &body, &method).await
 }
 
