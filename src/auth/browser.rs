@@ -32,20 +32,26 @@ fn hostname() -> &'static str {
     })
 }
 
-/// Whether `host` (from a `Host` header, without its port) names this listener.
+/// Whether `host` (from a `Host` header, without its port) names this listener. On every
+/// request, proxied ones included: no allocation.
 pub fn host_allowed(host: &str, server: &ServerConfig) -> bool {
-    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    let h = host.trim_end_matches('.');
     let bare = h.trim_start_matches('[').trim_end_matches(']');
-    if bare.parse::<IpAddr>().is_ok() || h == "localhost" || h.ends_with(".localhost") {
+    let localhost = "localhost";
+    let sub_of_localhost = h.len() > localhost.len() + 1
+        && h.as_bytes()[h.len() - localhost.len() - 1] == b'.'
+        && h[h.len() - localhost.len()..].eq_ignore_ascii_case(localhost);
+    if h.eq_ignore_ascii_case(localhost) || sub_of_localhost || bare.parse::<IpAddr>().is_ok() {
         return true;
     }
     let me = hostname();
-    (!me.is_empty() && (h == me || me.split('.').next() == Some(h.as_str())))
-        || server.host.eq_ignore_ascii_case(&h)
+    let short = me.split('.').next().unwrap_or("");
+    (!me.is_empty() && (h.eq_ignore_ascii_case(me) || h.eq_ignore_ascii_case(short)))
+        || server.host.eq_ignore_ascii_case(h)
         || server
             .allowed_hosts
             .iter()
-            .any(|a| a.trim_end_matches('.').eq_ignore_ascii_case(&h))
+            .any(|a| a.trim_end_matches('.').eq_ignore_ascii_case(h))
 }
 
 /// The `Host` check. A request without `Host` (HTTP/1.0 tools) passes: browsers always send it.

@@ -416,7 +416,7 @@ impl KeyStore {
         }
         if new.instances.len() > 256 || new.instances.iter().any(|i| i.is_empty() || i.len() > 63) {
             return Err(KeyError::BadRequest(
-                "instances: at most 256 instance names".into(),
+                "instances: at most 256 instance names, each 1-63 characters".into(),
             ));
         }
         let key = generate()?;

@@ -228,7 +228,7 @@ impl Auth {
     }
 
     fn local(&self, cred: &peer::PeerCred) -> Result<Principal, Denied> {
-        let user = users::user_name(cred.uid);
+        let user = cred.user.clone();
         let principal = Principal::Local {
             uid: cred.uid,
             user: user.clone(),

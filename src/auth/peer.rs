@@ -15,6 +15,9 @@ pub struct PeerCred {
     pub pid: i32,
     /// Supplementary groups, when the kernel reports them.
     pub groups: Option<Vec<u32>>,
+    /// The uid's user name, looked up once per connection (NSS can be slow: LDAP, sssd) by
+    /// `with_user_name`, not per request.
+    pub user: Option<String>,
 }
 
 /// The credentials of the process connected on the Unix socket `fd`.
@@ -43,6 +46,7 @@ pub fn peer_cred(fd: RawFd) -> io::Result<PeerCred> {
         gid: ucred.gid,
         pid: ucred.pid,
         groups: peer_groups(fd),
+        user: None,
     })
 }
 
@@ -75,6 +79,12 @@ fn peer_groups(fd: RawFd) -> Option<Vec<u32>> {
 }
 
 impl PeerCred {
+    /// Fills in the user name (from the user database).
+    pub fn with_user_name(mut self) -> Self {
+        self.user = crate::host::users::user_name(self.uid);
+        self
+    }
+
     /// Whether the peer is in group `gid` (primary or supplementary). Without the kernel's
     /// group list (kernels before 4.13), the group database's member list decides.
     pub fn in_group(&self, gid: u32, listed_members: &[String], user: Option<&str>) -> bool {
@@ -114,6 +124,7 @@ mod tests {
             gid: 1000,
             pid: 1,
             groups: Some(vec![1000, 27]),
+            user: None,
         };
         assert!(c.in_group(27, &[], None));
         assert!(c.in_group(1000, &[], None));

@@ -161,12 +161,16 @@ fn required_inference_and_monitoring_take_their_scope_or_management() {
 fn socket_peers_root_or_group_members_only() {
     let (a, _) = auth("socket");
     let cfg = AuthConfig::default();
-    let root = Peer::Unix(peer::PeerCred {
-        uid: 0,
-        gid: 0,
-        pid: 1,
-        groups: Some(vec![]),
-    });
+    let root = Peer::Unix(
+        peer::PeerCred {
+            uid: 0,
+            gid: 0,
+            pid: 1,
+            groups: Some(vec![]),
+            user: None,
+        }
+        .with_user_name(),
+    );
     let p = a
         .authorize(&cfg, &root, &HeaderMap::new(), Scope::Management, 1)
         .unwrap();
@@ -177,6 +181,7 @@ fn socket_peers_root_or_group_members_only() {
         gid: 65534,
         pid: 2,
         groups: Some(vec![65534]),
+        user: None,
     });
     let e = a
         .authorize(&cfg, &nobody, &HeaderMap::new(), Scope::Monitoring, 1)
@@ -196,6 +201,7 @@ fn socket_peers_root_or_group_members_only() {
         gid: 4242,
         pid: 3,
         groups: Some(vec![4242, 0]),
+        user: None,
     });
     let p = a
         .authorize(&cfg, &member, &HeaderMap::new(), Scope::Management, 1)
@@ -254,4 +260,86 @@ fn provisioned_config_keys_authenticate() {
     a.reload(&cfg).unwrap();
     let h = with("authorization", "Bearer llk_operator_chosen_value_123");
     assert!(a.authorize(&cfg, &tcp(), &h, Scope::Management, 5).is_ok());
+}
+
+/// Arbitrary header values (what any client may send) through every check: an answer, never a
+/// panic. Deterministic pseudo-random input, so a failure reproduces.
+#[test]
+fn hostile_headers_never_panic() {
+    let (a, _) = auth("hostile");
+    let cfg = AuthConfig {
+        require_inference_auth: true,
+        ..Default::default()
+    };
+    let server = crate::config::ServerConfig {
+        cors_origins: vec!["https://ui.example:3000".into()],
+        ..Default::default()
+    };
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    const PIECES: &[&str] = &[
+        "llk_",
+        "Bearer ",
+        "bearer",
+        " ",
+        ":",
+        "[",
+        "]",
+        "::1",
+        "127.0.0.1",
+        "localhost",
+        ".",
+        "http://",
+        "https://",
+        "null",
+        "évil",
+        "\t",
+        "%",
+        "0",
+        "99999999999999999999",
+        "-",
+        "ui.example",
+        ":3000",
+        "application/json",
+        ";",
+        "cross-site",
+        "\u{7f}",
+        "a",
+    ];
+    let names = [
+        "host",
+        "origin",
+        "authorization",
+        "x-api-key",
+        "sec-fetch-site",
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+    ];
+    for _ in 0..20_000 {
+        let mut h = HeaderMap::new();
+        for name in names {
+            if next() % 3 == 0 {
+                continue;
+            }
+            let v: String = (0..next() % 6)
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect();
+            if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
+                h.insert(axum::http::HeaderName::from_static(name), v);
+            }
+        }
+        let _ = browser::check_host(&h, &server);
+        let _ = browser::check_origin(&h, &server);
+        let _ = browser::check_content_type(Scope::Management, &axum::http::Method::POST, &h);
+        let _ = presented_key(&h);
+        for s in [Scope::Management, Scope::Inference, Scope::Monitoring] {
+            let _ = a.authorize(&cfg, &tcp(), &h, s, 5);
+        }
+    }
 }

@@ -172,4 +172,33 @@ mod tests {
             assert!(parse_rfc3339(bad).is_err(), "{bad:?} accepted");
         }
     }
+
+    /// Arbitrary text and numbers: an answer, never a panic or an overflow.
+    #[test]
+    fn arbitrary_input_never_panics() {
+        const PIECES: &[&str] = &[
+            "2027", "-", "01", "31", "T", "t", " ", ":", "00", "59", "60", "Z", "+", "02:00", ".",
+            "5", "99", "é", "0000", "9999", "24", "",
+        ];
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..50_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (x % 9) as usize;
+            let text: String = (0..n)
+                .map(|i| PIECES[((x >> (i * 5)) % PIECES.len() as u64) as usize])
+                .collect();
+            match parse_rfc3339(&text) {
+                // Years 1970-9999 print back as they parse.
+                Ok(secs) if (0..253_402_300_800).contains(&secs) => {
+                    assert_eq!(parse_rfc3339(&format_rfc3339(secs)), Ok(secs), "{text:?}");
+                }
+                _ => {}
+            }
+        }
+        for secs in [i64::MIN, i64::MIN + 1, -1, i64::MAX - 1, i64::MAX] {
+            let _ = format_rfc3339(secs);
+        }
+    }
 }

@@ -72,8 +72,10 @@ impl Daemon {
     pub(super) fn reload(&self) {
         let now = crate::systemd::unix_now();
         match config::load(&self.config_path, self.config_explicit) {
-            Ok(new) if self.reload_keys(&new).is_err() => {}
             Ok(new) => {
+                if self.reload_keys(&new).is_err() {
+                    return;
+                }
                 let old = self.state.config();
                 for w in &new.warnings {
                     warn!(component = "config", "{w}");

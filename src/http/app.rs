@@ -53,10 +53,15 @@ where
     }
 
     fn call(&mut self, conn: axum::serve::IncomingStream<'_, L>) -> Self::Future {
+        let peer = match conn.remote_addr() {
+            // Once per connection: who it is, by name, for every request on it.
+            Peer::Unix(cred) => Peer::Unix(cred.clone().with_user_name()),
+            tcp => tcp.clone(),
+        };
         std::future::ready(Ok(App {
             state: self.state.clone(),
             router: self.router.clone(),
-            peer: Arc::new(conn.remote_addr().clone()),
+            peer: Arc::new(peer),
         }))
     }
 }
