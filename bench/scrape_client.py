@@ -224,7 +224,10 @@ def measure(args):
 
 # --------------------------------------------------------------------------- checks
 def fetch(url):
-    with urllib.request.urlopen(url, timeout=60) as r:
+    """GET with the run's management key ($LLAMACTL_API_KEY), where the bench set one."""
+    key = os.environ.get("LLAMACTL_API_KEY")
+    headers = {"Authorization": "Bearer " + key} if key else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as r:
         return r.read().decode()
 
 

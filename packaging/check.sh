@@ -113,6 +113,26 @@ deb_postrm() {
 }
 check "debian/postrm: executable, sh -n, has #DEBHELPER#" deb_postrm
 
+deb_postinst() {
+    [ -x debian/postinst ] || { echo "debian/postinst is not executable"; return 1; }
+    sh -n debian/postinst || return 1
+    grep -q '^#DEBHELPER#$' debian/postinst || { echo "no #DEBHELPER# token"; return 1; }
+    # The group first: the debhelper snippet starts the unit, which joins the group.
+    local g d
+    g=$(grep -n 'llamactl.conf' debian/postinst | head -n1 | cut -d: -f1)
+    d=$(grep -n '^#DEBHELPER#$' debian/postinst | cut -d: -f1)
+    [ -n "$g" ] && [ "$g" -lt "$d" ] || { echo "the socket group is not created before #DEBHELPER#"; return 1; }
+}
+check "debian/postinst: executable, sh -n, creates the socket group before #DEBHELPER#" deb_postinst
+
+unit_group() {
+    grep -q '^SupplementaryGroups=llamactl$' units/llamactl.service || { echo "the unit does not join llamactl"; return 1; }
+    grep -q '^g llamactl ' packaging/sysusers/llamactl.conf || { echo "sysusers.d does not create llamactl"; return 1; }
+    grep -q 'sysusers.d/llamactl.conf' debian/rules || { echo "debian/rules does not install the sysusers file"; return 1; }
+    grep -q 'groupadd -r llamactl' rpm/llamactl.spec || { echo "the RPM does not create the group"; return 1; }
+}
+check "the unit's SupplementaryGroups= group is created by sysusers.d and both packages" unit_group
+
 # --- RPM --------------------------------------------------------------------
 rpm_version() {
     local v
@@ -133,6 +153,7 @@ fi
 inputs() {
     local f missing=0
     for f in units/llamactl.service etc/llamactl/config.toml man/llamactld.8 man/llamactl.1 \
+        packaging/sysusers/llamactl.conf \
         README.md $(cat debian/llamactl.examples); do
         [ -f "$f" ] || { echo "missing: $f"; missing=1; }
     done

@@ -48,6 +48,64 @@ fn check_config_accepts_the_shipped_file_and_rejects_bad_ones() {
 }
 
 #[test]
+fn check_config_refuses_unsafe_access_settings() {
+    for (text, name, want) in [
+        ("[instances]\nuser = \"root\"\n", "root", "instances.user"),
+        ("[instances]\nuser = \"0\"\n", "uid0", "instances.user"),
+        ("[server]\nhost = \"0.0.0.0\"\n", "open", "auth.require_inference_auth"),
+        (
+            "[server]\nhost = \"0.0.0.0\"\n[auth]\nrequire_inference_auth = true\nrequire_management_auth = false\n",
+            "open-mgmt",
+            "auth.require_management_auth",
+        ),
+        (
+            "[[auth.keys]]\nname = \"k\"\nscope = \"management\"\nkey = \"llk_in_the_config_file_000000\"\n",
+            "plainkey",
+            "must not be written in the config",
+        ),
+    ] {
+        let (ok, msg) = check_config(text, name);
+        assert!(!ok, "{name} accepted: {msg}");
+        assert!(msg.contains(want), "{name}: {msg}");
+        assert!(!msg.contains("llk_in_the_config_file"), "{name}: the key was echoed: {msg}");
+    }
+    let (ok, msg) = check_config(
+        "[server]\nhost = \"0.0.0.0\"\n[auth]\nrequire_inference_auth = true\n",
+        "open-ok",
+    );
+    assert!(ok, "{msg}");
+    // Management without a key is allowed on loopback, with a warning.
+    let (ok, msg) = check_config("[auth]\nrequire_management_auth = false\n", "nomgmt");
+    assert!(
+        ok && msg.contains("warning: `auth.require_management_auth` is false"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn keys_generate_prints_a_key_and_its_digest_offline() {
+    let out = run(Command::new(LLAMACTL).args(["-o", "json", "keys", "generate"]));
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = v["key"].as_str().unwrap();
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(v["hash"], format!("sha256:{hex}"));
+    // The digest is what [[auth.keys]] takes.
+    let (ok, msg) = check_config(
+        &format!(
+            "[[auth.keys]]\nname = \"ci\"\nscope = \"inference\"\nhash = \"{}\"\n",
+            v["hash"].as_str().unwrap()
+        ),
+        "generated",
+    );
+    assert!(ok, "{msg}");
+}
+
+#[test]
 fn config_path_from_environment_and_missing_explicit_file() {
     let dir = scratch("check-env");
     let f = dir.join("c.toml");

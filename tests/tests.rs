@@ -1,13 +1,14 @@
-//! One integration-test binary (one link, one sandbox boot), with a module per area.
+//! One integration-test binary (one link, one sandbox boot), with a module per area. The
+//! README's "Tests" section says what each holds, in more words.
 
 #[macro_use]
-mod util;
+mod util; // HTTP helpers (as the test management key, raw, over the socket), the private systemd
 
-mod cli;
-mod direct;
-mod instances;
-mod packaging;
-mod proxy;
-mod resources;
-mod security;
-mod unit;
+mod cli; // --check-config, help, man pages, client errors
+mod direct; // the daemon as a plain process: stderr logs, no bus, the socket
+mod instances; // instances as transient units: lifecycle, restarts, adoption, CLI
+mod packaging; // packaging/check.sh
+mod proxy; // the OpenAI-compatible proxy in front of real llama-servers
+mod resources; // /metrics against real units' cgroups
+mod security; // access control: keys, the admin socket, browsers, policy, unit hardening
+mod unit; // llamactld from the shipped unit: notify, watchdog, reload, bus loss
