@@ -2,8 +2,19 @@
 
 use crate::util::{free_port, get, scratch, wait_for, write, LLAMACTLD};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// The daemon as a child process, killed if the test ends early (a failed assertion must not
+/// leave a daemon holding its port and socket behind).
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 #[test]
 fn outside_systemd_logs_json_to_stderr_and_serves_without_a_bus() {
@@ -19,15 +30,18 @@ fn outside_systemd_logs_json_to_stderr_and_serves_without_a_bus() {
             crate::util::test_key_config()
         ),
     );
-    let mut child = Command::new(LLAMACTLD)
-        .arg("-c")
-        .arg(&f)
-        .env("LLAMACTL_LOG", "debug")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("JOURNAL_STREAM")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut d = Daemon(
+        Command::new(LLAMACTLD)
+            .arg("-c")
+            .arg(&f)
+            .env("LLAMACTL_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut d.0;
     wait_for("daemon up", Duration::from_secs(10), || {
         crate::util::http("GET", port, "/api/health/live", &[], b"").ok()
     });
@@ -75,14 +89,17 @@ fn journal_output_without_journald_falls_back_to_stderr_and_file_destination_get
     );
     // Where journald runs (a systemd host) the journal is used; elsewhere stderr takes over.
     let has_journald = std::path::Path::new(llamactl::logging::journald::JOURNAL_SOCKET).exists();
-    let mut child = Command::new(LLAMACTLD)
-        .arg("-c")
-        .arg(&f)
-        .env_remove("JOURNAL_STREAM")
-        .env_remove("LLAMACTL_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut d = Daemon(
+        Command::new(LLAMACTLD)
+            .arg("-c")
+            .arg(&f)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("LLAMACTL_LOG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut d.0;
     wait_for("daemon up", Duration::from_secs(10), || {
         crate::util::http("GET", port, "/api/health/live", &[], b"").ok()
     });
