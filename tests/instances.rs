@@ -6,19 +6,7 @@ use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
 
-/// A daemon whose instances get ports from a private range.
-fn daemon(test: &str, extra_config: &str, extra_unit: &str) -> DaemonUnit {
-    let port = free_port();
-    let lo = 20000 + (port % 400) * 100;
-    let d = DaemonUnit::install(
-        test,
-        port,
-        &format!("[instances]\nallowed_backends = [\"llama_cpp\", \"vllm\", \"command\"]\nport_range = [{lo}, {}]\nhealth_check_interval = \"500ms\"\n{extra_config}", lo + 99),
-        extra_unit,
-    );
-    d.start();
-    d
-}
+use crate::util::sandbox::daemon;
 
 fn fake_spec(extra: Value) -> Value {
     let mut v = json!({

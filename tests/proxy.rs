@@ -1,25 +1,13 @@
 //! The OpenAI-compatible proxy in front of real instances.
 
 use crate::util::sandbox::DaemonUnit;
-use crate::util::{api, free_port, get, http, llama_backend, sample, wait_for};
+use crate::util::{api, get, http, llama_backend, sample, wait_for};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 fn daemon(test: &str, extra: &str) -> DaemonUnit {
-    let port = free_port();
-    let lo = 45000 + (port % 150) * 100;
-    let d = DaemonUnit::install(
-        test,
-        port,
-        &format!(
-            "[instances]\nallowed_backends = [\"llama_cpp\", \"vllm\", \"command\"]\nport_range = [{lo}, {}]\nhealth_check_interval = \"500ms\"\n{extra}",
-            lo + 99
-        ),
-        "",
-    );
-    d.start();
-    d
+    crate::util::sandbox::daemon(test, extra, "")
 }
 
 fn chat(port: u16, body: Value) -> crate::util::Reply {

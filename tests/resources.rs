@@ -1,21 +1,16 @@
 //! Per-instance resource metrics against real units: the numbers in /metrics are the cgroup's.
 
 use crate::util::sandbox::DaemonUnit;
-use crate::util::{api, fake_backend, free_port, get, promtool_check, sample, wait_for};
+use crate::util::{api, fake_backend, get, promtool_check, sample, wait_for};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 fn daemon(test: &str) -> DaemonUnit {
-    let port = free_port();
-    let lo = 40000 + (port % 200) * 100;
-    let d = DaemonUnit::install(
+    crate::util::sandbox::daemon(
         test,
-        port,
-        &format!("[instances]\nallowed_backends = [\"llama_cpp\", \"vllm\", \"command\"]\nport_range = [{lo}, {}]\n[monitoring]\ncollection_interval = \"500ms\"\nmetrics = [\"instance_stats\", \"api_performance\", \"system_resources\", \"gpu\"]\n", lo + 99),
+        "[monitoring]\ncollection_interval = \"500ms\"\nmetrics = [\"instance_stats\", \"api_performance\", \"system_resources\", \"gpu\"]\n",
         "",
-    );
-    d.start();
-    d
+    )
 }
 
 fn command(argv: &[&str], extra: Value) -> Value {

@@ -116,14 +116,10 @@ pub struct NewKey {
     /// Unix seconds.
     #[serde(default)]
     pub expires_at: Option<i64>,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::config::auth::yes")]
     pub can_start: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::config::auth::yes")]
     pub can_evict: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// Why a key operation failed; the HTTP layer maps each kind to a status code.

@@ -89,7 +89,8 @@ pub struct KeyConfig {
     pub can_evict: bool,
 }
 
-fn yes() -> bool {
+/// serde's `default` for rights that are granted unless taken away.
+pub fn yes() -> bool {
     true
 }
 

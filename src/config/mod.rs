@@ -1,7 +1,7 @@
 //! Configuration: TOML at `/etc/llamactl/config.toml` (or `--config`, or `$LLAMACTL_CONFIG`),
 //! parsed into typed sections, then validated. Parse errors name the file, line and key.
 
-mod auth;
+pub mod auth;
 mod duration;
 mod env;
 mod secret;

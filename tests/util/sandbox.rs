@@ -301,6 +301,30 @@ impl DaemonUnit {
     }
 }
 
+/// Instance port ranges of 100 ports, one per test daemon of this run (all tests are one binary,
+/// and one run at a time holds the sandbox), so no two daemons hand out the same port.
+fn instance_ports() -> (u16, u16) {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 300;
+    let lo = 20000 + n * 100;
+    (lo, lo + 99)
+}
+
+/// A started test daemon whose instances get a port range of their own, every backend allowed
+/// (the fake backend is a command instance) and quick health probes. `more` continues the
+/// `[instances]` section (and may open others); `extra_unit` goes into the unit's drop-in.
+pub fn daemon(test: &str, more: &str, extra_unit: &str) -> DaemonUnit {
+    let (lo, hi) = instance_ports();
+    let d = DaemonUnit::install(
+        test,
+        super::free_port(),
+        &format!("[instances]\nallowed_backends = [\"llama_cpp\", \"vllm\", \"command\"]\nport_range = [{lo}, {hi}]\nhealth_check_interval = \"500ms\"\n{more}"),
+        extra_unit,
+    );
+    d.start();
+    d
+}
+
 impl Drop for DaemonUnit {
     fn drop(&mut self) {
         let _ = self.systemctl("stop");
