@@ -10,5 +10,5 @@ mod instances; // instances as transient units: lifecycle, restarts, adoption, C
 mod packaging; // packaging/check.sh
 mod proxy; // the OpenAI-compatible proxy in front of real llama-servers
 mod resources; // /metrics against real units' cgroups
-mod security; // access control: keys, the admin socket, browsers, policy, unit hardening
+mod security; // (a directory) access control: keys, the admin socket, browsers, policy, unit hardening
 mod unit; // llamactld from the shipped unit: notify, watchdog, reload, bus loss

@@ -83,15 +83,14 @@ fn instance_policy_and_secrets() {
     assert!(msg.contains("--api-key <redacted>"), "{msg}");
     // Everything in the journal but the backend's own output (/bin/sleep complains about its
     // arguments, secrets included: that is the backend's doing, not ours).
-    let journal: String = d
-        .sb
-        .ok(&["journalctl", "-o", "json", "--no-pager"])
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<Value>(l)
-                .map_or(true, |e| e["SYSLOG_IDENTIFIER"] != "llamactl-sec")
-        })
-        .collect();
+    let journal: String =
+        d.sb.ok(&["journalctl", "-o", "json", "--no-pager"])
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<Value>(l)
+                    .map_or(true, |e| e["SYSLOG_IDENTIFIER"] != "llamactl-sec")
+            })
+            .collect();
     for s in [
         "sk-backend-secret-1",
         "hf_secret_2",
