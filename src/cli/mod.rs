@@ -220,9 +220,9 @@ pub struct ClientArgs {
     #[arg(long, global = true, env = "LLAMACTL_URL", value_name = "URL")]
     pub url: Option<String>,
 
-    /// Use this admin socket [default: /run/llamactl/llamactl.sock when it exists and is
-    /// writable, unless --url is given]
-    #[arg(long, global = true, value_name = "PATH", conflicts_with = "url")]
+    /// Use this admin socket (wins over --url and $LLAMACTL_URL) [default:
+    /// /run/llamactl/llamactl.sock when it exists and is writable, unless a URL is given]
+    #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
     /// Read the API key for TCP from this file [default: $LLAMACTL_API_KEY]
