@@ -5,6 +5,7 @@
 //!   rights, keys provisioned by config and by systemd credential, reload;
 //! - `socket`: the admin socket, its mode and group, root, a member and `nobody`, the CLI on it;
 //! - `browser`: cross-origin simple requests, DNS rebinding, CORS for listed origins;
+//! - `openai`: the official OpenAI Python client through the proxy, with and without keys;
 //! - `policy`: the instance policy, secret redaction, and the hardened units' exposure with a
 //!   real llama-server answering.
 //!
@@ -12,6 +13,7 @@
 
 mod browser;
 mod keys;
+mod openai;
 mod policy;
 mod socket;
 
