@@ -339,15 +339,12 @@ fn provisioned_keys_from_config_and_credential_and_reload() {
     )
     .unwrap();
     d.start();
-    let r = http_raw(
-        "GET",
-        port,
-        "/api/v1/instances",
-        &[("X-API-Key", cred_key)],
-        b"",
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
+    let status_with = |key: &str| {
+        http_raw("GET", port, "/api/v1/instances", &[("X-API-Key", key)], b"")
+            .unwrap()
+            .status
+    };
+    assert_eq!(status_with(cred_key), 200);
     let list = get(port, "/api/v1/auth/keys").json();
     let src: Vec<(String, String)> = list
         .as_array()
@@ -377,58 +374,20 @@ fn provisioned_keys_from_config_and_credential_and_reload() {
     // A key added to the config works after a reload; one whose digest is broken fails the
     // reload and changes nothing.
     let added = "llk_added_on_reload_0123456789abcdef";
-    let hash = format!("sha256:{}", {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(added.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    });
-    assert_eq!(
-        http_raw(
-            "GET",
-            port,
-            "/api/v1/instances",
-            &[("X-API-Key", added)],
-            b""
-        )
-        .unwrap()
-        .status,
-        401
-    );
+    let hash = crate::util::key_hash(added);
+    assert_eq!(status_with(added), 401);
     d.rewrite_config(&format!(
         "[[auth.keys]]\nname = \"added\"\nscope = \"management\"\nhash = \"{hash}\"\n"
     ));
     assert!(d.systemctl("reload").status.success());
     wait_for("the reloaded key", Duration::from_secs(10), || {
-        (http_raw(
-            "GET",
-            port,
-            "/api/v1/instances",
-            &[("X-API-Key", added)],
-            b"",
-        )
-        .unwrap()
-        .status
-            == 200)
-            .then_some(())
+        (status_with(added) == 200).then_some(())
     });
     d.rewrite_config(
         "[[auth.keys]]\nname = \"broken\"\nscope = \"management\"\nhash = \"sha256:nothex\"\n",
     );
     assert!(d.systemctl("reload").status.success());
     d.wait_log("configuration reload failed");
-    assert_eq!(
-        http_raw(
-            "GET",
-            port,
-            "/api/v1/instances",
-            &[("X-API-Key", added)],
-            b""
-        )
-        .unwrap()
-        .status,
-        200
-    );
+    assert_eq!(status_with(added), 200);
     assert_nowhere(&d, &[cred_key, added]);
 }

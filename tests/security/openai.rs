@@ -49,7 +49,10 @@ fn the_openai_client_works_with_defaults_and_with_inference_keys() {
     assert_eq!(v["content"], "Hello from fake", "{v}");
     assert!(!v["streamed"].as_str().unwrap().is_empty(), "{v}");
     assert_eq!(v["models"], json!(["m"]));
-    assert_eq!(api("DELETE", d.port, "/api/v1/instances/m", None).status, 204);
+    assert_eq!(
+        api("DELETE", d.port, "/api/v1/instances/m", None).status,
+        204
+    );
 
     let d = daemon("sec-openai-auth", "[auth]\nrequire_inference_auth = true\n");
     assert_eq!(
@@ -61,6 +64,9 @@ fn the_openai_client_works_with_defaults_and_with_inference_keys() {
     assert_eq!(v["content"], "Hello from fake", "{v}");
     let v = client(d.port, "sk-no-key-required");
     assert_eq!(v, json!({"error": "authentication", "status": 401}));
-    assert_eq!(api("DELETE", d.port, "/api/v1/instances/m", None).status, 204);
+    assert_eq!(
+        api("DELETE", d.port, "/api/v1/instances/m", None).status,
+        204
+    );
     assert_nowhere(&d, &[&key]);
 }

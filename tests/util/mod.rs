@@ -29,15 +29,22 @@ pub const LLAMACTL: &str = env!("CARGO_BIN_EXE_llamactl");
 /// none).
 pub const TEST_KEY: &str = "llk_integration_tests_management_key_not_secret_0123456789abcdef";
 
-/// The `[[auth.keys]]` entry for `TEST_KEY`, appended to every test daemon's config.
-pub fn test_key_config() -> String {
+/// `sha256:<hex>` of a key, as `[[auth.keys]] hash` takes it (computed here independently of
+/// the daemon's code, so a test compares against the documented digest, not against itself).
+pub fn key_hash(key: &str) -> String {
     use sha2::Digest as _;
-    let hex: String = sha2::Sha256::digest(TEST_KEY.as_bytes())
+    let hex: String = sha2::Sha256::digest(key.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    format!("sha256:{hex}")
+}
+
+/// The `[[auth.keys]]` entry for `TEST_KEY`, appended to every test daemon's config.
+pub fn test_key_config() -> String {
     format!(
-        "\n[[auth.keys]]\nname = \"it-admin\"\nscope = \"management\"\nhash = \"sha256:{hex}\"\n"
+        "\n[[auth.keys]]\nname = \"it-admin\"\nscope = \"management\"\nhash = \"{}\"\n",
+        key_hash(TEST_KEY)
     )
 }
 
