@@ -22,6 +22,8 @@ pub struct AuthConfig {
     pub allow_unauthenticated_management: bool,
     /// Keys provisioned by the operator, by digest (`[[auth.keys]]`).
     pub keys: Vec<KeyConfig>,
+    /// Most keys that may exist (API and provisioned): per-key metric series are bounded by it.
+    pub max_keys: u32,
 }
 
 impl Default for AuthConfig {
@@ -34,6 +36,7 @@ impl Default for AuthConfig {
             allow_unauthenticated_inference: false,
             allow_unauthenticated_management: false,
             keys: Vec::new(),
+            max_keys: 1000,
         }
     }
 }
@@ -154,4 +157,95 @@ pub fn parse_digest(text: &str) -> Result<[u8; 32], String> {
             .map_err(|_| "a sha256 digest is 64 hex digits".to_string())?;
     }
     Ok(out)
+}
+
+/// `[rate_limit]`: token buckets per API key, else per client address (IPv6 by /64), for each
+/// route group. The admin socket is exempt.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: Option<bool>,
+    pub management: Bucket,
+    pub inference: Bucket,
+    pub monitoring: Bucket,
+    /// Failed authentications and logins, per client address: slows down key guessing.
+    pub auth: Bucket,
+}
+
+/// A token bucket as written: `burst` requests at once, refilled at `requests_per_second` (0 =
+/// no limit). What is left out takes the group's default (`RateLimitConfig::bucket`), so
+/// `requests_per_second = 10` alone keeps a sensible burst.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Bucket {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+/// A route group, as the rate limits and their metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimitGroup {
+    Management,
+    Inference,
+    Monitoring,
+    Auth,
+}
+
+impl LimitGroup {
+    pub const ALL: [LimitGroup; 4] = [
+        LimitGroup::Management,
+        LimitGroup::Inference,
+        LimitGroup::Monitoring,
+        LimitGroup::Auth,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitGroup::Management => "management",
+            LimitGroup::Inference => "inference",
+            LimitGroup::Monitoring => "monitoring",
+            LimitGroup::Auth => "auth",
+        }
+    }
+
+    /// (requests per second, burst) when the config says nothing: enough for any normal client
+    /// and a Prometheus; inference unlimited (a model server's throughput is its own limit, and
+    /// one local application may send thousands of small embedding requests a second); failed
+    /// authentications slow.
+    fn defaults(self) -> (f64, u32) {
+        match self {
+            LimitGroup::Management | LimitGroup::Monitoring => (50.0, 200),
+            LimitGroup::Inference => (0.0, 0),
+            LimitGroup::Auth => (2.0, 20),
+        }
+    }
+}
+
+impl RateLimitConfig {
+    pub fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+
+    /// The group's (requests per second, burst) in force; a rate of 0 is no limit.
+    pub fn bucket(&self, g: LimitGroup) -> (f64, u32) {
+        let b = match g {
+            LimitGroup::Management => self.management,
+            LimitGroup::Inference => self.inference,
+            LimitGroup::Monitoring => self.monitoring,
+            LimitGroup::Auth => self.auth,
+        };
+        let (rate, burst) = g.defaults();
+        let r = b.requests_per_second.unwrap_or(rate);
+        let default_burst = if burst > 0 {
+            burst
+        } else if r > 0.0 {
+            // Twice the rate, at least one, when the group has no default burst.
+            (r * 2.0).ceil().clamp(1.0, u32::MAX as f64) as u32
+        } else {
+            0
+        };
+        (r, b.burst.unwrap_or(default_burst))
+    }
 }

@@ -1,6 +1,7 @@
 //! Configuration: TOML at `/etc/llamactl/config.toml` (or `--config`, or `$LLAMACTL_CONFIG`),
 //! parsed into typed sections, then validated. Parse errors name the file, line and key.
 
+mod audit;
 pub mod auth;
 mod duration;
 mod env;
@@ -9,7 +10,11 @@ pub mod time;
 mod types;
 mod validate;
 
-pub use auth::{parse_digest, validate_key_name, AuthConfig, Expiry, KeyConfig, Scope};
+pub use audit::{AuditConfig, OnFailure, AUDIT_EVENTS};
+pub use auth::{
+    parse_digest, validate_key_name, AuthConfig, Bucket, Expiry, KeyConfig, LimitGroup,
+    RateLimitConfig, Scope,
+};
 pub use duration::{parse_duration, HumanDuration};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use secret::{Secret, REDACTED};

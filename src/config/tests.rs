@@ -347,3 +347,51 @@ fn instance_policy_settings_are_checked() {
     assert!(checked("[instances]\nenvironment_deny = [\"*\"]\n").is_err());
     assert!(checked("[instances]\nmax_instances = 0\n").is_err());
 }
+
+#[test]
+fn rate_limits_fill_in_what_is_left_out() {
+    let c = checked("").unwrap();
+    assert_eq!(c.rate_limit.bucket(LimitGroup::Management), (50.0, 200));
+    assert_eq!(c.rate_limit.bucket(LimitGroup::Inference), (0.0, 0));
+    assert_eq!(c.rate_limit.bucket(LimitGroup::Auth), (2.0, 20));
+    // A rate alone keeps the group's burst, or twice the rate where it has none.
+    let c = checked("[rate_limit.management]\nrequests_per_second = 10\n[rate_limit.inference]\nrequests_per_second = 2.5\n").unwrap();
+    assert_eq!(c.rate_limit.bucket(LimitGroup::Management), (10.0, 200));
+    assert_eq!(c.rate_limit.bucket(LimitGroup::Inference), (2.5, 5));
+    assert!(c.rate_limit.enabled());
+    for bad in [
+        "[rate_limit.auth]\nrequests_per_second = -1\n",
+        "[rate_limit.auth]\nrequests_per_second = nan\n",
+        "[rate_limit.auth]\nrequests_per_second = 5\nburst = 0\n",
+        "[rate_limit.monitoring]\nburst = -3\n",
+        "[rate_limit.everything]\nburst = 3\n",
+    ] {
+        assert!(checked(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn audit_settings_are_checked_and_the_file_follows_logs_directory() {
+    let c = checked("").unwrap();
+    assert!(c.audit.enabled && c.audit.journal && c.audit.file && c.audit.api);
+    assert_eq!(c.audit.events.len(), AUDIT_EVENTS.len());
+    assert_eq!(
+        c.audit.log_path(Some("/var/log/llamactl-it/x:/other")),
+        Path::new("/var/log/llamactl-it/x/audit.log")
+    );
+    assert_eq!(
+        c.audit.log_path(None),
+        Path::new("/var/log/llamactl/audit.log")
+    );
+    // The seed's example, as TOML.
+    let seed = "[audit]\nenabled = true\nlog_file = \"/var/log/llamactl/audit.log\"\nevents = [\"auth.login\", \"auth.logout\", \"instance.create\", \"instance.delete\", \"config.update\"]\n";
+    let c = checked(seed).unwrap();
+    assert_eq!(c.audit.events.len(), 5);
+    assert!(checked("[audit]\nevents = [\"config.reload\"]\n").is_err());
+    assert!(checked("[audit]\nlog_file = \"audit.log\"\n").is_err());
+    assert!(checked("[audit]\nfile = false\n")
+        .unwrap_err()
+        .contains("audit.api"));
+    assert!(checked("[audit]\nfile = false\napi = false\n").is_ok());
+    assert!(checked("[audit]\non_failure = \"ignore\"\n").is_err());
+}

@@ -130,6 +130,34 @@ pub fn format_rfc3339(secs: i64) -> String {
     )
 }
 
+/// Unix microseconds as `2027-01-31T12:00:00.123456Z` (audit records).
+pub fn format_rfc3339_micros(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let frac = us.rem_euclid(1_000_000);
+    let base = format_rfc3339(secs);
+    format!("{}.{frac:06}Z", &base[..base.len() - 1])
+}
+
+/// Parses an RFC 3339 time keeping its microseconds (up to six fraction digits).
+pub fn parse_rfc3339_micros(text: &str) -> Result<i64, String> {
+    let secs = parse_rfc3339(text)?;
+    let t = text.trim();
+    let frac = t
+        .find('.')
+        .map(|i| {
+            let digits: String = t[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .take(6)
+                .collect();
+            format!("{digits:0<6}").parse::<i64>().unwrap_or(0)
+        })
+        .unwrap_or(0);
+    secs.checked_mul(1_000_000)
+        .and_then(|s| s.checked_add(frac))
+        .ok_or_else(|| format!("{text:?} is out of range"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +179,27 @@ mod tests {
         for s in [0, 1, 86_399, 951_782_400, 4_102_444_800, -86_401] {
             assert_eq!(parse_rfc3339(&format_rfc3339(s)), Ok(s), "{s}");
         }
+    }
+
+    #[test]
+    fn microseconds() {
+        assert_eq!(
+            format_rfc3339_micros(1_709_209_805_250_001),
+            "2024-02-29T12:30:05.250001Z"
+        );
+        assert_eq!(format_rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            parse_rfc3339_micros("2024-02-29T12:30:05.250001Z"),
+            Ok(1_709_209_805_250_001)
+        );
+        assert_eq!(
+            parse_rfc3339_micros("2024-02-29T12:30:05.25Z"),
+            Ok(1_709_209_805_250_000)
+        );
+        assert_eq!(
+            parse_rfc3339_micros("2024-02-29"),
+            Ok(1_709_164_800_000_000)
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! specified from (its YAML, written as TOML); `[systemd]` is ours. Every struct denies unknown
 //! keys so a typo is an error at load time, not a silently ignored setting.
 
-use super::auth::AuthConfig;
+use super::audit::AuditConfig;
+use super::auth::{AuthConfig, RateLimitConfig};
 use super::duration::HumanDuration;
 use super::secret::Secret;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,7 @@ pub struct Config {
     pub backends: BackendsConfig,
     pub proxy: ProxyConfig,
     pub auth: AuthConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -206,40 +208,6 @@ fn default_file_format() -> FileFormat {
 pub enum FileFormat {
     Json,
     Text,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuditConfig {
-    pub enabled: bool,
-    pub log_file: PathBuf,
-    pub events: Vec<String>,
-}
-
-/// Audit event names the daemon knows; `events` may only name these.
-pub const AUDIT_EVENTS: &[&str] = &[
-    "auth.login",
-    "auth.logout",
-    "instance.create",
-    "instance.delete",
-    "instance.start",
-    "instance.stop",
-    "config.update",
-    "config.reload",
-];
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            log_file: "/var/log/llamactl/audit.log".into(),
-            events: vec![
-                "instance.create".into(),
-                "instance.delete".into(),
-                "config.update".into(),
-            ],
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

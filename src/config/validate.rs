@@ -148,6 +148,30 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
             ));
         }
     }
+    if let Some(f) = &c.audit.log_file {
+        if !f.is_absolute() {
+            return Err(invalid("audit.log_file", "must be an absolute path".into()));
+        }
+    }
+    if c.audit.api && !c.audit.file {
+        return Err(invalid(
+            "audit.api",
+            "GET /api/v1/audit is served from the file: api = true needs file = true".into(),
+        ));
+    }
+    for g in crate::config::LimitGroup::ALL {
+        let key = format!("rate_limit.{}", g.as_str());
+        let (r, burst) = c.rate_limit.bucket(g);
+        if !r.is_finite() || !(0.0..=1_000_000.0).contains(&r) {
+            return Err(invalid(
+                &key,
+                format!("requests_per_second {r} must be 0 (no limit) to 1000000"),
+            ));
+        }
+        if r > 0.0 && burst == 0 {
+            return Err(invalid(&key, "burst must be at least 1".into()));
+        }
+    }
     if !(0.0..=1.0).contains(&c.telemetry.sampling_rate) {
         return Err(invalid(
             "telemetry.sampling_rate",
@@ -213,6 +237,9 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
             ));
         }
     }
+    if c.auth.max_keys == 0 {
+        return Err(invalid("auth.max_keys", "must be > 0".into()));
+    }
     if c.instances.max_instances == 0 {
         return Err(invalid("instances.max_instances", "must be > 0".into()));
     }
@@ -271,11 +298,6 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
             warnings.push(format!("`{key}` is set but {what}; the setting is ignored"));
         }
     };
-    unsupported(
-        c.audit.enabled,
-        "audit.enabled",
-        "no audited action exists yet in this version (instance and auth events arrive with the instance API)",
-    );
     unsupported(
         c.telemetry.enabled,
         "telemetry.enabled",

@@ -14,6 +14,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::host::HostPaths;
 
+pub mod access;
 pub mod build;
 pub mod process;
 pub mod proxy;
@@ -109,6 +110,7 @@ pub struct Metrics {
     sampler: Arc<Sampler>,
     seen: Arc<std::sync::atomic::AtomicBool>,
     pub proxy: proxy::ProxyMetrics,
+    pub access: access::AccessMetrics,
 }
 
 /// The API request families, left out of a scrape when `api_performance` is off.
@@ -175,6 +177,7 @@ impl Metrics {
             seen: seen.clone(),
         }));
         let proxy = proxy::ProxyMetrics::register(llamactl);
+        let access = access::AccessMetrics::register(llamactl);
 
         Metrics {
             registry,
@@ -183,6 +186,7 @@ impl Metrics {
             sampler,
             seen,
             proxy,
+            access,
         }
     }
 
