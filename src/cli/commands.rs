@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use std::fmt::Write as _;
 
 /// Where to reach the daemon: `--socket`; else `--url`/`$LLAMACTL_URL` (clap merged them);
-/// else the admin socket when it exists and we may write to it (root, or its group); else TCP
-/// to the config's `[server]` address. A config that cannot be read is not an error here: the
+/// else the admin socket when it exists and we may write to it (root, or its group); else the
+/// URL of `llamactl login`; else TCP to the config's `[server]` address. A config that cannot be read is not an error here: the
 /// client may run on a host without one.
 fn target(args: &ClientArgs) -> Target {
     if let Some(p) = &args.socket {
@@ -28,7 +28,11 @@ fn target(args: &ClientArgs) -> Target {
             return Target::Unix(sock);
         }
     }
-    Target::Tcp(cfg.local_url())
+    // Where `llamactl login` went, else the config's address.
+    match super::session::load() {
+        Some(c) => Target::Tcp(c.url),
+        None => Target::Tcp(cfg.local_url()),
+    }
 }
 
 /// Whether we may connect to the socket at `p` (connecting needs write permission).
@@ -44,8 +48,24 @@ fn writable(p: &std::path::Path) -> bool {
     m.file_type().is_socket() && unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0
 }
 
-/// The API key for TCP: `--api-key-file`, else `$LLAMACTL_API_KEY`.
-fn api_key(args: &ClientArgs) -> anyhow::Result<Option<config::Secret>> {
+/// The API key for TCP to `target`: `--api-key-file`, else `$LLAMACTL_API_KEY`, else the key
+/// `llamactl login` stored for that URL.
+fn api_key(args: &ClientArgs, target: &Target) -> anyhow::Result<Option<config::Secret>> {
+    if let Some(k) = given_key(args)? {
+        return Ok(Some(k));
+    }
+    Ok(match (target, super::session::load()) {
+        (Target::Tcp(url), Some(c)) if same_url(url, &c.url) => Some(c.key),
+        _ => None,
+    })
+}
+
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// A key given for this command: `--api-key-file`, else `$LLAMACTL_API_KEY`.
+fn given_key(args: &ClientArgs) -> anyhow::Result<Option<config::Secret>> {
     if let Some(f) = &args.api_key_file {
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("reading the API key file {}", f.display()))?;
@@ -66,7 +86,11 @@ fn api_key(args: &ClientArgs) -> anyhow::Result<Option<config::Secret>> {
 pub async fn run(args: ClientArgs) -> anyhow::Result<u8> {
     const DEFAULT: Command = Command::Health { name: None };
     let command = args.command.as_ref().unwrap_or(&DEFAULT);
-    let client = || Client::new(target(&args), args.http_timeout, api_key(&args)?);
+    let client = || {
+        let t = target(&args);
+        let key = api_key(&args, &t)?;
+        Client::new(t, args.http_timeout, key)
+    };
     match command {
         Command::Version { client: true } => {
             print_version(args.output, None);
@@ -95,6 +119,30 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<u8> {
             super::keys::run(&c, args.output, k).await
         }
         Command::Keys(k) => super::keys::run(&client()?, args.output, k).await,
+        Command::Audit(a) => super::audit::run(&client()?, args.output, a).await,
+        Command::Login => {
+            let key = match given_key(&args)? {
+                Some(k) => k,
+                None => super::session::read_key()?,
+            };
+            // Login is for TCP: an explicit URL, else the config's (never the socket).
+            let t = match &args.url {
+                Some(u) => Target::Tcp(u.clone()),
+                None => match target(&args) {
+                    Target::Unix(_) => Target::Tcp(
+                        config::load(
+                            &config::resolve_path(args.config.as_deref(), &ProcessEnv).0,
+                            false,
+                        )
+                        .map(|l| l.config.local_url())
+                        .unwrap_or_else(|_| config::Config::default().local_url()),
+                    ),
+                    t => t,
+                },
+            };
+            super::session::login(t, key, args.http_timeout, args.output).await
+        }
+        Command::Logout => super::session::logout(args.http_timeout, args.output).await,
         Command::Health { name: Some(name) } => {
             super::instances::health(&client()?, args.output, name).await
         }

@@ -340,7 +340,12 @@ pub async fn run(c: &Client, output: Output, cmd: &Command) -> anyhow::Result<u8
                 }
             }
         }
-        Command::Health { .. } | Command::Version { .. } | Command::Keys(_) => {
+        Command::Health { .. }
+        | Command::Version { .. }
+        | Command::Keys(_)
+        | Command::Audit(_)
+        | Command::Login
+        | Command::Logout => {
             bail!("not an instance command")
         }
     }

@@ -24,8 +24,17 @@ fn when(v: &Value) -> String {
 
 pub fn table(list: &[Value]) -> String {
     let mut out = format!(
-        "{:<20} {:<11} {:<10} {:<20} {:<20} {:<20} {:<11} {}\n",
-        "NAME", "SCOPE", "SOURCE", "CREATED", "EXPIRES", "LAST USED", "RIGHTS", "INSTANCES"
+        "{:<20} {:<11} {:<10} {:<20} {:<20} {:<20} {:>9} {:>19} {:<11} {}\n",
+        "NAME",
+        "SCOPE",
+        "SOURCE",
+        "CREATED",
+        "EXPIRES",
+        "LAST USED",
+        "REQUESTS",
+        "TOKENS (IN/OUT)",
+        "RIGHTS",
+        "INSTANCES"
     );
     for k in list {
         let mut rights = Vec::new();

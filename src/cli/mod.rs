@@ -1,11 +1,13 @@
 //! Command-line definitions for both binaries (clap derive), the `llamactl` client commands, and
 //! the man pages and completions generated from the same definitions.
 
+mod audit;
 mod client;
 mod commands;
 pub mod generate;
 mod instances;
 mod keys;
+mod session;
 
 pub use commands::run;
 
@@ -75,6 +77,8 @@ Examples:
   llamactl keys create app --scope inference --instance smol --expires 30d
   llamactl keys list
   llamactl keys revoke app
+  llamactl audit --since 1h --event instance   what happened to instances in the last hour
+  llamactl --url http://10.0.0.5:8080 login    store a key for that daemon (read from stdin)
 
 See also: llamactld(8).";
 
@@ -153,6 +157,34 @@ pub struct CreateArgs {
     /// For --backend command: the argv to run ({port} and {host} are substituted)
     #[arg(last = true, value_name = "ARGV")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// From this time: a duration back from now (1h, 30m) or a date
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Until this time (same forms)
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// An event (instance.delete) or a family (instance)
+    #[arg(long)]
+    pub event: Option<String>,
+    /// An actor (key:NAME, uid:0(root), llamactld)
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// An instance
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// success or failure
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// How many of the newest records
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub lines: usize,
+    /// Keep following new records
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 /// What `--generate` writes to stdout.
@@ -296,6 +328,14 @@ pub enum Command {
     /// Manage API keys (management scope)
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Show the audit trail, oldest first (management scope)
+    Audit(AuditArgs),
+    /// Check an API key against llamactld and store it, with the URL, for later commands
+    /// (~/.config/llamactl/credentials, 0600). The key is read from stdin (or
+    /// --api-key-file / $LLAMACTL_API_KEY)
+    Login,
+    /// Forget the stored key (and tell llamactld, which records it)
+    Logout,
     /// Show the client's and the daemon's versions (exit 1 when the daemon is unreachable)
     Version {
         /// Only the client's version; do not contact the daemon
