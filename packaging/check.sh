@@ -133,6 +133,22 @@ unit_group() {
 }
 check "the unit's SupplementaryGroups= group is created by sysusers.d and both packages" unit_group
 
+audit_files() {
+    local f
+    for f in llamactl.catalog logrotate.d/llamactl; do
+        grep -q "$f" debian/rules || { echo "debian/rules does not install $f"; return 1; }
+        grep -q "$f" rpm/llamactl.spec || { echo "the RPM does not install $f"; return 1; }
+    done
+    grep -q -- '--update-catalog' debian/postinst || { echo "postinst does not update the catalog"; return 1; }
+    # Every entry of the catalog parses as "-- <32 hex>" with a Subject.
+    awk '/^-- / { n++; if (length($2) != 32 || $2 ~ /[^0-9a-f]/) bad=1 } /^Subject: / { s++ } END { exit !(n == s && n > 0 && !bad) }' \
+        packaging/journal/llamactl.catalog || { echo "malformed catalog"; return 1; }
+    if command -v logrotate >/dev/null 2>&1; then
+        logrotate -d packaging/logrotate/llamactl >/dev/null 2>&1 || { echo "logrotate -d rejects the snippet"; return 1; }
+    fi
+}
+check "the audit catalog and logrotate snippet are installed by both packages and well-formed" audit_files
+
 # --- RPM --------------------------------------------------------------------
 rpm_version() {
     local v
@@ -153,7 +169,7 @@ fi
 inputs() {
     local f missing=0
     for f in units/llamactl.service etc/llamactl/config.toml man/llamactld.8 man/llamactl.1 \
-        packaging/sysusers/llamactl.conf \
+        packaging/sysusers/llamactl.conf packaging/journal/llamactl.catalog packaging/logrotate/llamactl \
         README.md $(cat debian/llamactl.examples); do
         [ -f "$f" ] || { echo "missing: $f"; missing=1; }
     done

@@ -4,6 +4,7 @@
 //! (procfs, cgroups) → `metrics` / `http` (health, `/metrics`) → `daemon` (wires it together under
 //! systemd's notify protocol). `cli` is the `llamactl` client. The binaries in `src/bin/` are thin.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -24,9 +24,10 @@ fn outside_systemd_logs_json_to_stderr_and_serves_without_a_bus() {
     write(
         &f,
         &format!(
-            "[server]\nport = {port}\nstate_dir = \"{}\"\nsocket = \"{}\"\n[logging]\noutput = \"json\"\n[systemd]\naddress = \"unix:path=/nonexistent/bus\"\nready_timeout = \"1s\"\n[telemetry.otlp]\nheaders = {{ authorization = \"Bearer sup3rs3cret\" }}\n{}",
+            "[server]\nport = {port}\nstate_dir = \"{}\"\nsocket = \"{}\"\n[audit]\njournal = false\nlog_file = \"{}\"\n[logging]\noutput = \"json\"\n[systemd]\naddress = \"unix:path=/nonexistent/bus\"\nready_timeout = \"1s\"\n[telemetry.otlp]\nheaders = {{ authorization = \"Bearer sup3rs3cret\" }}\n{}",
             dir.join("state").display(),
             dir.join("run/llamactl.sock").display(),
+            dir.join("audit.log").display(),
             crate::util::test_key_config()
         ),
     );
@@ -81,7 +82,7 @@ fn journal_output_without_journald_falls_back_to_stderr_and_file_destination_get
     write(
         &f,
         &format!(
-            "[server]\nport = {port}\nstate_dir = \"{}\"\nsocket = \"\"\n[logging]\noutput = \"journal\"\n[[logging.destinations]]\ntype = \"file\"\npath = \"{}\"\n[systemd]\naddress = \"unix:path=/nonexistent/bus\"\nready_timeout = \"1s\"\n{}",
+            "[server]\nport = {port}\nstate_dir = \"{}\"\nsocket = \"\"\n[audit]\nenabled = false\n[logging]\noutput = \"journal\"\n[[logging.destinations]]\ntype = \"file\"\npath = \"{}\"\n[systemd]\naddress = \"unix:path=/nonexistent/bus\"\nready_timeout = \"1s\"\n{}",
             dir.join("state").display(),
             log.display(),
             crate::util::test_key_config()

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use subtle::ConstantTimeEq;
 
@@ -46,11 +46,59 @@ pub struct KeyEntry {
     pub can_evict: bool,
     pub source: Source,
     last_used_at: AtomicI64,
+    /// Usage totals (kept in `keys.json` for API keys): requests, prompt and completion tokens.
+    requests: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    /// Changed since `keys.json` was last written.
+    dirty: AtomicBool,
 }
 
 impl KeyEntry {
+    fn build(k: Built) -> Self {
+        Self {
+            name: k.name,
+            scope: k.scope,
+            digest: k.digest,
+            instances: k.instances,
+            created_at: k.created_at,
+            expires_at: k.expires_at,
+            can_start: k.can_start,
+            can_evict: k.can_evict,
+            source: k.source,
+            last_used_at: AtomicI64::new(k.usage.last_used_at.unwrap_or(0)),
+            requests: AtomicU64::new(k.usage.requests),
+            prompt_tokens: AtomicU64::new(k.usage.prompt_tokens),
+            completion_tokens: AtomicU64::new(k.usage.completion_tokens),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
     pub fn last_used_at(&self) -> Option<i64> {
         Some(self.last_used_at.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// One more request made with this key.
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Tokens of a proxied request made with this key.
+    pub fn count_tokens(&self, prompt: u64, completion: u64) {
+        self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(completion, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            last_used_at: self.last_used_at(),
+            requests: self.requests.load(Ordering::Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+        }
     }
 
     pub fn may_use_instance(&self, name: &str) -> bool {
@@ -68,6 +116,9 @@ impl KeyEntry {
             "expires_at": self.expires_at,
             "expired": self.expires_at.is_some_and(|e| e <= now),
             "last_used_at": self.last_used_at(),
+            "requests": self.requests.load(Ordering::Relaxed),
+            "prompt_tokens": self.prompt_tokens.load(Ordering::Relaxed),
+            "completion_tokens": self.completion_tokens.load(Ordering::Relaxed),
             "can_start": self.can_start,
             "can_evict": self.can_evict,
         })
@@ -101,8 +152,35 @@ struct StoredKey {
     expires_at: Option<i64>,
     can_start: bool,
     can_evict: bool,
+    #[serde(flatten)]
+    usage: Usage,
+}
+
+/// What a key has been used for, kept across restarts for API keys.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct Usage {
     #[serde(default)]
     last_used_at: Option<i64>,
+    #[serde(default)]
+    requests: u64,
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+/// The parts of a new entry.
+struct Built {
+    name: String,
+    scope: Scope,
+    digest: [u8; 32],
+    instances: Vec<String>,
+    created_at: Option<i64>,
+    expires_at: Option<i64>,
+    can_start: bool,
+    can_evict: bool,
+    source: Source,
+    usage: Usage,
 }
 
 /// A key to create through the API.
@@ -171,8 +249,8 @@ pub struct KeyStore {
     /// Why `keys.json` could not be read; while set, API keys are not served and the file is
     /// never overwritten (an operator fixes or removes it).
     load_error: Option<String>,
-    /// A `last_used_at` changed since the file was written.
-    dirty: AtomicBool,
+    /// `[auth] max_keys`: per-key metric series are bounded by it.
+    max_keys: AtomicUsize,
 }
 
 fn prefix(d: &[u8; 32]) -> u64 {
@@ -218,7 +296,7 @@ fn entry_from_config(k: &KeyConfig, source: Source) -> Result<KeyEntry, String> 
         }
         _ => return Err(format!("key {:?}: give exactly one of hash or key", k.name)),
     };
-    Ok(KeyEntry {
+    Ok(KeyEntry::build(Built {
         name: k.name.clone(),
         scope: k.scope,
         digest,
@@ -228,8 +306,8 @@ fn entry_from_config(k: &KeyConfig, source: Source) -> Result<KeyEntry, String> 
         can_start: k.can_start,
         can_evict: k.can_evict,
         source,
-        last_used_at: AtomicI64::new(0),
-    })
+        usage: Usage::default(),
+    }))
 }
 
 /// Reads the credential file's `[[keys]]` (the same fields as `[[auth.keys]]`, plus `key`).
@@ -292,13 +370,13 @@ impl KeyStore {
             table: RwLock::new(table),
             writing: Mutex::new(()),
             load_error,
-            dirty: AtomicBool::new(false),
+            max_keys: AtomicUsize::new(usize::MAX),
         }
     }
 
     fn entry_from_stored(k: &StoredKey) -> Result<KeyEntry, String> {
         validate_key_name(&k.name)?;
-        Ok(KeyEntry {
+        Ok(KeyEntry::build(Built {
             name: k.name.clone(),
             scope: k.scope,
             digest: parse_digest(&k.hash)?,
@@ -308,8 +386,8 @@ impl KeyStore {
             can_start: k.can_start,
             can_evict: k.can_evict,
             source: Source::Api,
-            last_used_at: AtomicI64::new(k.last_used_at.unwrap_or(0)),
-        })
+            usage: k.usage,
+        }))
     }
 
     pub fn load_error(&self) -> Option<&str> {
@@ -331,6 +409,7 @@ impl KeyStore {
         &self,
         config: &[KeyConfig],
         credential: &[KeyConfig],
+        max_keys: usize,
     ) -> Result<(), String> {
         let mut fresh = Vec::new();
         for (k, source) in config
@@ -360,6 +439,19 @@ impl KeyStore {
                 e.name
             ));
         }
+        let api = t
+            .by_name
+            .values()
+            .filter(|e| e.source == Source::Api)
+            .count();
+        if api + fresh.len() > max_keys {
+            return Err(format!(
+                "{} keys ({api} created through the API, {} provisioned) are more than [auth] max_keys ({max_keys})",
+                api + fresh.len(),
+                fresh.len()
+            ));
+        }
+        self.max_keys.store(max_keys, Ordering::Relaxed);
         let old: Vec<String> = t
             .by_name
             .values()
@@ -392,8 +484,8 @@ impl KeyStore {
                 at,
             });
         }
-        if found.last_used_at.swap(now, Ordering::Relaxed) != now && found.source == Source::Api {
-            self.dirty.store(true, Ordering::Relaxed);
+        if found.last_used_at.swap(now, Ordering::Relaxed) != now {
+            found.dirty.store(true, Ordering::Relaxed);
         }
         Ok(found)
     }
@@ -416,7 +508,7 @@ impl KeyStore {
             ));
         }
         let key = generate()?;
-        let entry = Arc::new(KeyEntry {
+        let entry = Arc::new(KeyEntry::build(Built {
             name: new.name,
             scope: new.scope,
             digest: digest(&key),
@@ -426,14 +518,20 @@ impl KeyStore {
             can_start: new.can_start,
             can_evict: new.can_evict,
             source: Source::Api,
-            last_used_at: AtomicI64::new(0),
-        });
+            usage: Usage::default(),
+        }));
         let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         self.writable()?;
         if self.read().by_name.contains_key(&entry.name) {
             return Err(KeyError::Conflict(format!(
                 "a key named {:?} exists already",
                 entry.name
+            )));
+        }
+        let max = self.max_keys.load(Ordering::Relaxed);
+        if self.read().by_name.len() >= max {
+            return Err(KeyError::Conflict(format!(
+                "{max} keys exist already ([auth] max_keys); revoke one first"
             )));
         }
         // On disk first: a key is never usable without being persisted.
@@ -473,13 +571,22 @@ impl KeyStore {
         Ok(entry)
     }
 
-    /// Writes `last_used_at` back when it changed (called now and then, and at stop).
+    /// Writes last use and usage totals back when they changed (called now and then, and at
+    /// stop).
     pub fn flush(&self) -> Result<(), KeyError> {
-        if !self.dirty.swap(false, Ordering::Relaxed) || self.load_error.is_some() {
+        if self.load_error.is_some() {
             return Ok(());
         }
         let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        self.save(&self.api_keys())
+        let keys = self.api_keys();
+        let mut dirty = false;
+        for k in &keys {
+            dirty |= k.dirty.swap(false, Ordering::Relaxed);
+        }
+        if !dirty {
+            return Ok(());
+        }
+        self.save(&keys)
     }
 
     fn writable(&self) -> Result<(), KeyError> {
@@ -513,7 +620,7 @@ impl KeyStore {
                     expires_at: e.expires_at,
                     can_start: e.can_start,
                     can_evict: e.can_evict,
-                    last_used_at: e.last_used_at(),
+                    usage: e.usage(),
                 })
                 .collect(),
         };

@@ -14,11 +14,12 @@
 
 pub mod browser;
 pub mod keys;
+pub mod limit;
 pub mod peer;
 
 pub use crate::config::Scope;
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, LimitGroup};
 use crate::host::users;
 use axum::http::{header, HeaderMap, StatusCode};
 use keys::{KeyEntry, KeyStore, Rejected};
@@ -92,13 +93,18 @@ impl Principal {
 }
 
 /// A refusal: status, a machine-readable code, a message for people, and for 401/403 the
-/// `WWW-Authenticate` challenge.
+/// `WWW-Authenticate` challenge (for 429, `Retry-After`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denied {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
     pub challenge: Option<String>,
+    pub retry_after: Option<u64>,
+    /// A failed authentication (a wrong, expired or revoked key, the wrong scope, a local user
+    /// outside the socket group), with who it claimed to be when known: an `auth.failure`
+    /// event, and a token of the address's `auth` bucket. A missing key is not one.
+    pub failure: Option<Option<String>>,
 }
 
 impl Denied {
@@ -108,6 +114,8 @@ impl Denied {
             code,
             message: message.into(),
             challenge: None,
+            retry_after: None,
+            failure: None,
         }
     }
 
@@ -115,11 +123,63 @@ impl Denied {
         self.challenge = Some(c);
         self
     }
+
+    fn auth_failure(mut self, actor: Option<String>) -> Self {
+        self.failure = Some(actor);
+        self
+    }
+
+    /// 429: over a rate limit.
+    pub fn rate_limited(group: &str, retry_after: u64) -> Self {
+        let mut d = Denied::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            format!("too many {group} requests; retry in {retry_after} s ([rate_limit.{group}])"),
+        );
+        d.retry_after = Some(retry_after);
+        d
+    }
 }
 
-/// The scope a route needs, from its route template (`None`: no route matched). Anything not
-/// listed here is management: a new route is protected until someone decides otherwise.
-pub fn route_scope(template: Option<&str>, metrics_path: &str) -> Scope {
+/// What a route asks of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A principal of this scope (or none, where `[auth] require_*_auth` says so).
+    Scope(Scope),
+    /// Any valid key, whatever its scope, or a socket principal: login and logout.
+    AnyKey,
+}
+
+impl Need {
+    /// The rate-limit group of such routes.
+    pub fn group(self) -> LimitGroup {
+        match self {
+            Need::Scope(Scope::Management) => LimitGroup::Management,
+            Need::Scope(Scope::Inference) => LimitGroup::Inference,
+            Need::Scope(Scope::Monitoring) => LimitGroup::Monitoring,
+            Need::AnyKey => LimitGroup::Auth,
+        }
+    }
+
+    /// The scope its errors are shaped for (OpenAI's for inference).
+    pub fn scope(self) -> Scope {
+        match self {
+            Need::Scope(s) => s,
+            Need::AnyKey => Scope::Management,
+        }
+    }
+}
+
+/// What a route needs, from its route template (`None`: no route matched). Anything not listed
+/// here is management: a new route is protected until someone decides otherwise.
+pub fn route_need(template: Option<&str>, metrics_path: &str) -> Need {
+    match template {
+        Some("/api/v1/auth/login" | "/api/v1/auth/logout") => Need::AnyKey,
+        t => Need::Scope(route_scope(t, metrics_path)),
+    }
+}
+
+fn route_scope(template: Option<&str>, metrics_path: &str) -> Scope {
     match template {
         Some("/v1/{*rest}" | "/v1/models" | "/infill") => Scope::Inference,
         Some(
@@ -162,6 +222,7 @@ struct SocketGroup {
 /// The daemon's access-control state: the keys and the admin socket's group.
 pub struct Auth {
     pub keys: KeyStore,
+    pub limiter: limit::Limiter,
     group: RwLock<SocketGroup>,
     credentials_dir: Option<PathBuf>,
 }
@@ -179,26 +240,34 @@ impl Auth {
     pub fn open(
         state_dir: &Path,
         cfg: &AuthConfig,
+        limits: &crate::config::RateLimitConfig,
         credentials_dir: Option<PathBuf>,
     ) -> Result<Self, String> {
         let a = Self {
             keys: KeyStore::open(state_dir),
+            limiter: limit::Limiter::new(limits.clone()),
             group: RwLock::new(resolve_group(&cfg.socket_group)),
             credentials_dir,
         };
-        a.reload(cfg)?;
+        a.reload(cfg, limits)?;
         Ok(a)
     }
 
-    /// Re-reads the operator's keys and the socket group (at start and on SIGHUP). On error
-    /// nothing changes.
-    pub fn reload(&self, cfg: &AuthConfig) -> Result<(), String> {
+    /// Re-reads the operator's keys, the socket group and the rate limits (at start and on
+    /// SIGHUP). On error nothing changes.
+    pub fn reload(
+        &self,
+        cfg: &AuthConfig,
+        limits: &crate::config::RateLimitConfig,
+    ) -> Result<(), String> {
         let credential = match &self.credentials_dir {
             Some(d) => keys::read_credential(d)?,
             None => Vec::new(),
         };
-        self.keys.set_provisioned(&cfg.keys, &credential)?;
+        self.keys
+            .set_provisioned(&cfg.keys, &credential, cfg.max_keys as usize)?;
         *self.group.write().unwrap_or_else(|p| p.into_inner()) = resolve_group(&cfg.socket_group);
+        self.limiter.set_config(limits.clone());
         Ok(())
     }
 
@@ -212,18 +281,18 @@ impl Auth {
             .map(|g| g.gid)
     }
 
-    /// Authenticates a request and checks it may use a route of `scope`.
+    /// Authenticates a request and checks it may use a route that needs `need`.
     pub fn authorize(
         &self,
         cfg: &AuthConfig,
         peer: &Peer,
         headers: &HeaderMap,
-        scope: Scope,
+        need: Need,
         now: i64,
     ) -> Result<Principal, Denied> {
         match peer {
             Peer::Unix(cred) => self.local(cred),
-            Peer::Tcp(_) => self.by_key(cfg, headers, scope, now),
+            Peer::Tcp(_) => self.by_key(cfg, headers, need, now),
         }
     }
 
@@ -252,25 +321,32 @@ impl Auth {
                 principal.actor(),
                 g.name
             ),
-        ))
+        )
+        .auth_failure(Some(principal.actor())))
     }
 
     fn by_key(
         &self,
         cfg: &AuthConfig,
         headers: &HeaderMap,
-        scope: Scope,
+        need: Need,
         now: i64,
     ) -> Result<Principal, Denied> {
-        let required = match scope {
-            Scope::Management => cfg.require_management_auth,
-            Scope::Inference => cfg.require_inference_auth,
-            Scope::Monitoring => cfg.require_monitoring_auth,
+        let required = match need {
+            Need::Scope(Scope::Management) => cfg.require_management_auth,
+            Need::Scope(Scope::Inference) => cfg.require_inference_auth,
+            Need::Scope(Scope::Monitoring) => cfg.require_monitoring_auth,
+            Need::AnyKey => true,
+        };
+        let wanted = match need {
+            Need::Scope(s) => s.as_str(),
+            Need::AnyKey => "any",
         };
         let realm = "Bearer realm=\"llamactl\"";
-        let invalid = |msg: String| {
+        let invalid = |msg: String, actor: Option<String>| {
             Denied::new(StatusCode::UNAUTHORIZED, "invalid_api_key", msg)
                 .challenge(format!("{realm}, error=\"invalid_token\""))
+                .auth_failure(actor)
         };
         let Some(token) = presented_key(headers) else {
             if !required {
@@ -280,8 +356,7 @@ impl Auth {
                 StatusCode::UNAUTHORIZED,
                 "api_key_required",
                 format!(
-                    "this endpoint needs an API key of scope {} (send Authorization: Bearer <key>, or X-API-Key: <key>)",
-                    scope.as_str()
+                    "this endpoint needs an API key of scope {wanted} (send Authorization: Bearer <key>, or X-API-Key: <key>)"
                 ),
             )
             .challenge(realm.to_string()));
@@ -291,29 +366,35 @@ impl Auth {
             Err(Rejected::Unknown) if !required && !keys::looks_like_ours(token) => {
                 return Ok(Principal::Anonymous)
             }
-            Err(Rejected::Unknown) => return Err(invalid("invalid API key".into())),
+            Err(Rejected::Unknown) => return Err(invalid("invalid API key".into(), None)),
             Err(Rejected::Expired { name, at }) => {
-                return Err(invalid(format!(
-                    "the API key {name:?} expired at {}",
-                    crate::config::time::format_rfc3339(at)
-                )))
+                return Err(invalid(
+                    format!(
+                        "the API key {name:?} expired at {}",
+                        crate::config::time::format_rfc3339(at)
+                    ),
+                    Some(format!("key:{name}")),
+                ))
             }
         };
-        if required && !key.scope.covers(scope) {
-            return Err(Denied::new(
-                StatusCode::FORBIDDEN,
-                "insufficient_scope",
-                format!(
-                    "the API key {:?} has scope {}; this endpoint needs {}",
-                    key.name,
-                    key.scope.as_str(),
+        if let Need::Scope(scope) = need {
+            if required && !key.scope.covers(scope) {
+                return Err(Denied::new(
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    format!(
+                        "the API key {:?} has scope {}; this endpoint needs {}",
+                        key.name,
+                        key.scope.as_str(),
+                        scope.as_str()
+                    ),
+                )
+                .challenge(format!(
+                    "{realm}, error=\"insufficient_scope\", scope=\"{}\"",
                     scope.as_str()
-                ),
-            )
-            .challenge(format!(
-                "{realm}, error=\"insufficient_scope\", scope=\"{}\"",
-                scope.as_str()
-            )));
+                ))
+                .auth_failure(Some(format!("key:{}", key.name))));
+            }
         }
         Ok(Principal::Key(key))
     }

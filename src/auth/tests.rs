@@ -6,7 +6,7 @@ fn auth(tag: &str) -> (Auth, std::path::PathBuf) {
     let d = std::env::temp_dir().join(format!("llamactl-auth-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    let a = Auth::open(&d, &AuthConfig::default(), None).unwrap();
+    let a = Auth::open(&d, &AuthConfig::default(), &Default::default(), None).unwrap();
     (a, d)
 }
 
@@ -43,6 +43,9 @@ fn key(a: &Auth, name: &str, scope: Scope) -> String {
 #[test]
 fn routes_map_to_scopes_and_unknown_ones_to_management() {
     let m = "/metrics";
+    let route_scope = |t: Option<&str>, m: &str| route_need(t, m).scope();
+    assert_eq!(route_need(Some("/api/v1/auth/login"), m), Need::AnyKey);
+    assert_eq!(route_need(Some("/api/v1/auth/logout"), m), Need::AnyKey);
     assert_eq!(route_scope(Some("/v1/{*rest}"), m), Scope::Inference);
     assert_eq!(route_scope(Some("/v1/models"), m), Scope::Inference);
     assert_eq!(route_scope(Some("/infill"), m), Scope::Inference);
@@ -70,7 +73,7 @@ fn tcp_matrix_with_the_default_config() {
     let inf = key(&a, "app", Scope::Inference);
     let mon = key(&a, "prom", Scope::Monitoring);
     let bearer = |k: &str| with("authorization", &format!("Bearer {k}"));
-    let go = |h: &HeaderMap, s: Scope| a.authorize(&cfg, &tcp(), h, s, 10);
+    let go = |h: &HeaderMap, s: Scope| a.authorize(&cfg, &tcp(), h, Need::Scope(s), 10);
 
     // Management needs a management key.
     let e = go(&HeaderMap::new(), Scope::Management).unwrap_err();
@@ -118,7 +121,13 @@ fn tcp_matrix_with_the_default_config() {
 
     // Expired keys are refused by name, with when.
     let e = a
-        .authorize(&cfg, &tcp(), &bearer(&mgmt), Scope::Management, 1000)
+        .authorize(
+            &cfg,
+            &tcp(),
+            &bearer(&mgmt),
+            Need::Scope(Scope::Management),
+            1000,
+        )
         .unwrap_err();
     assert!(
         e.message
@@ -143,7 +152,7 @@ fn required_inference_and_monitoring_take_their_scope_or_management() {
     let mon = key(&a, "prom", Scope::Monitoring);
     let go = |k: Option<&str>, s: Scope| {
         let h = k.map_or_else(HeaderMap::new, |k| with("x-api-key", k));
-        a.authorize(&cfg, &tcp(), &h, s, 10)
+        a.authorize(&cfg, &tcp(), &h, Need::Scope(s), 10)
             .map_err(|e| e.status.as_u16())
     };
     assert_eq!(go(None, Scope::Inference).unwrap_err(), 401);
@@ -172,7 +181,13 @@ fn socket_peers_root_or_group_members_only() {
         .with_user_name(),
     );
     let p = a
-        .authorize(&cfg, &root, &HeaderMap::new(), Scope::Management, 1)
+        .authorize(
+            &cfg,
+            &root,
+            &HeaderMap::new(),
+            Need::Scope(Scope::Management),
+            1,
+        )
         .unwrap();
     assert_eq!(p.actor(), "uid:0(root)");
     // uid 65534 in no useful group: refused, named.
@@ -184,7 +199,13 @@ fn socket_peers_root_or_group_members_only() {
         user: None,
     });
     let e = a
-        .authorize(&cfg, &nobody, &HeaderMap::new(), Scope::Monitoring, 1)
+        .authorize(
+            &cfg,
+            &nobody,
+            &HeaderMap::new(),
+            Need::Scope(Scope::Monitoring),
+            1,
+        )
         .unwrap_err();
     assert_eq!(e.status, StatusCode::FORBIDDEN);
     assert!(e.message.contains("uid:65534"), "{}", e.message);
@@ -194,7 +215,7 @@ fn socket_peers_root_or_group_members_only() {
         socket_group: "root".into(),
         ..Default::default()
     };
-    a.reload(&cfg).unwrap();
+    a.reload(&cfg, &Default::default()).unwrap();
     assert_eq!(a.socket_gid(), Some(0));
     let member = Peer::Unix(peer::PeerCred {
         uid: 4242,
@@ -204,7 +225,13 @@ fn socket_peers_root_or_group_members_only() {
         user: None,
     });
     let p = a
-        .authorize(&cfg, &member, &HeaderMap::new(), Scope::Management, 1)
+        .authorize(
+            &cfg,
+            &member,
+            &HeaderMap::new(),
+            Need::Scope(Scope::Management),
+            1,
+        )
         .unwrap();
     assert_eq!(p.actor(), "uid:4242(?)");
 }
@@ -231,7 +258,7 @@ fn principals_carry_instance_lists_and_rights() {
             &AuthConfig::default(),
             &tcp(),
             &with("authorization", &format!("bearer {k}")),
-            Scope::Inference,
+            Need::Scope(Scope::Inference),
             5,
         )
         .unwrap();
@@ -257,9 +284,11 @@ fn provisioned_config_keys_authenticate() {
         }],
         ..Default::default()
     };
-    a.reload(&cfg).unwrap();
+    a.reload(&cfg, &Default::default()).unwrap();
     let h = with("authorization", "Bearer llk_operator_chosen_value_123");
-    assert!(a.authorize(&cfg, &tcp(), &h, Scope::Management, 5).is_ok());
+    assert!(a
+        .authorize(&cfg, &tcp(), &h, Need::Scope(Scope::Management), 5)
+        .is_ok());
 }
 
 /// Arbitrary header values (what any client may send) through every check: an answer, never a
@@ -339,7 +368,7 @@ fn hostile_headers_never_panic() {
         let _ = browser::check_content_type(Scope::Management, &axum::http::Method::POST, &h);
         let _ = presented_key(&h);
         for s in [Scope::Management, Scope::Inference, Scope::Monitoring] {
-            let _ = a.authorize(&cfg, &tcp(), &h, s, 5);
+            let _ = a.authorize(&cfg, &tcp(), &h, Need::Scope(s), 5);
         }
     }
 }

@@ -4,6 +4,7 @@
 mod notify;
 mod reload;
 
+use crate::audit::Auditor;
 use crate::auth::Auth;
 use crate::config::{self, Env as _, Loaded, ProcessEnv};
 use crate::host::HostPaths;
@@ -98,6 +99,7 @@ async fn serve(
         Auth::open(
             &state_dir,
             &cfg.auth,
+            &cfg.rate_limit,
             env.var("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         )
         .map_err(|e| anyhow::anyhow!("loading API keys: {e}"))?,
@@ -124,8 +126,6 @@ async fn serve(
         listen.port(),
         monitor.connection.clone(),
     )?;
-    instances.spawn_background(shutdown_rx.clone());
-    instances.spawn_idle_stopper(cfg.proxy.idle_check_interval.get(), shutdown_rx.clone());
     let source: Arc<dyn InstanceSource> = instances.clone();
     let sampler = Arc::new(
         Sampler::new(
@@ -141,12 +141,23 @@ async fn serve(
         .spawn_background(stop_stats.clone())
         .context("starting the statistics collector")?;
     let metrics = Arc::new(Metrics::with_sampler(host.clone(), sampler));
+    let audit = Arc::new(Auditor::new(
+        &cfg.audit,
+        env.var("LOGS_DIRECTORY").as_deref(),
+        metrics.access.clone(),
+    ));
+    // Before anything can evict or idle-stop: those are audited too.
+    instances.set_lifecycle(Arc::new(crate::audit::hook::Hook(audit.clone())));
+    spawn_audit_retry(audit.clone(), shutdown_rx.clone());
+    instances.spawn_background(shutdown_rx.clone());
+    instances.spawn_idle_stopper(cfg.proxy.idle_check_interval.get(), shutdown_rx.clone());
     let state = Arc::new(AppState::new(
         loaded,
         monitor.clone(),
         metrics,
         instances,
         auth.clone(),
+        audit,
         host,
         state_dir,
         logging.output,
@@ -210,7 +221,35 @@ async fn serve(
     if let Err(e) = auth.keys.flush() {
         warn!(component = "auth", error = %e, "could not save the keys' last use");
     }
+    // A last try for audit records still waiting for a destination; what cannot be written now
+    // is said, with how many, rather than dropped silently.
+    state.audit.retry();
+    let waiting = state.audit.status().pending;
+    if waiting > 0 {
+        error!(
+            component = "audit",
+            records = waiting,
+            "audit records could not be written before stopping"
+        );
+    }
     drained
+}
+
+/// Writes audit records that wait for a destination as soon as it is back (checked every
+/// second while any wait).
+fn spawn_audit_retry(audit: Arc<Auditor>, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            if audit.status().pending > 0 {
+                let a = audit.clone();
+                let _ = tokio::task::spawn_blocking(move || a.retry()).await;
+            }
+        }
+    });
 }
 
 /// Writes the keys' `last_used_at` back every minute (when it changed): a file write per

@@ -13,7 +13,7 @@
 //! every request on the connection is authorised against it.
 
 use super::{guard, observe, request_id, AppState};
-use crate::auth::{Peer, Scope};
+use crate::auth::{Need, Peer, Scope};
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::Response;
@@ -117,9 +117,10 @@ impl Service<Request> for App {
                     v
                 }
             };
-            let mut res = match guard::check(&state, &peer, Scope::Inference, route, &req) {
+            let need = Need::Scope(Scope::Inference);
+            let mut res = match guard::check(&state, &peer, need, route, &req) {
                 Ok(checked) => {
-                    let res = crate::proxy::model_request(&state, req, &checked.principal).await;
+                    let res = crate::proxy::model_request(&state, req, &*checked.caller).await;
                     checked.decorate(res)
                 }
                 Err(answer) => *answer,

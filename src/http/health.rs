@@ -122,6 +122,46 @@ fn instances_check(state: &AppState) -> Check {
     }
 }
 
+/// The audit trail: failing while a destination cannot take records and mutations are refused
+/// for it; a warning while records wait in memory (or a destination fails under
+/// `on_failure = "allow"`).
+fn audit_check(a: &crate::audit::Status) -> Check {
+    let failing: Vec<String> = a.failing.iter().map(|(d, e)| format!("{d}: {e}")).collect();
+    if !a.enabled {
+        Check::new(
+            "audit",
+            CheckStatus::Warn,
+            "the audit trail is off ([audit] enabled)",
+        )
+    } else if a.denying {
+        Check::new(
+            "audit",
+            CheckStatus::Fail,
+            format!(
+                "mutations are refused: {}; {} records wait in memory",
+                failing.join("; "),
+                a.pending
+            ),
+        )
+    } else if !failing.is_empty() || a.pending > 0 {
+        Check::new(
+            "audit",
+            CheckStatus::Warn,
+            format!(
+                "{}; {} records wait in memory",
+                failing.join("; "),
+                a.pending
+            ),
+        )
+    } else {
+        Check::new(
+            "audit",
+            CheckStatus::Pass,
+            format!("recording to {}", a.file),
+        )
+    }
+}
+
 fn respond(checks: &[Check], mut body: Value) -> (StatusCode, Json<Value>) {
     let failing: Vec<&str> = checks
         .iter()
@@ -200,6 +240,8 @@ pub async fn system(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
             format!("the key file cannot be read, API keys from it are not accepted: {e}"),
         ),
     });
+    let audit = state.audit.status();
+    checks.push(audit_check(&audit));
     let reload = state.reload_status();
     checks.push(match &reload.last_error {
         None => Check::new("config", CheckStatus::Pass, "config in force"),
@@ -244,6 +286,7 @@ pub async fn system(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
             "orphan_units": orphans,
         },
         "log_output": state.log_output,
+        "audit": audit,
     });
     respond(&checks, body)
 }

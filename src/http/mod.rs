@@ -2,6 +2,7 @@
 //! (request ids, timeouts, body limits, request metrics).
 
 mod app;
+pub mod audit;
 pub mod error;
 pub mod guard;
 pub mod health;
@@ -53,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(&metrics_route, get(metrics))
         .merge(instances::routes())
         .merge(keys::routes())
+        .merge(audit::routes())
         .fallback(error::not_found)
         .layer(middleware::from_fn(error::json_errors))
         .layer(TimeoutLayer::with_status_code(
@@ -83,6 +85,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let metrics_path: Arc<str> = metrics_path.into();
     proxy
         .merge(api)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            audit::audited,
+        ))
         .layer(middleware::from_fn_with_state(
             (state.clone(), metrics_path),
             guard::guard,

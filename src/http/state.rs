@@ -1,5 +1,6 @@
 //! State shared by all handlers.
 
+use crate::audit::Auditor;
 use crate::auth::Auth;
 use crate::config::Loaded;
 use crate::host::HostPaths;
@@ -28,6 +29,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub instances: Arc<Supervisor>,
     pub auth: Arc<Auth>,
+    pub audit: Arc<Auditor>,
     pub host: HostPaths,
     pub state_dir: PathBuf,
     pub log_output: &'static str,
@@ -43,6 +45,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         instances: Arc<Supervisor>,
         auth: Arc<Auth>,
+        audit: Arc<Auditor>,
         host: HostPaths,
         state_dir: PathBuf,
         log_output: &'static str,
@@ -54,6 +57,7 @@ impl AppState {
             metrics,
             instances,
             auth,
+            audit,
             host,
             state_dir,
             log_output,

@@ -3,10 +3,33 @@
 
 use super::runtime::State;
 use super::supervisor::{OpError, Rights, Supervisor};
+
+/// Who a start on demand is for, as far as the instance layer cares: their rights, whether a
+/// start may happen now (the layers above answer for the audit trail), and how it went.
+pub trait Requester: Send + Sync {
+    fn rights(&self) -> Rights;
+    /// `Err` (why) refuses the start before anything happens.
+    fn admit_start(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// A start attempted for this requester ended (`Err`: why it failed).
+    fn started(&self, _instance: &str, _result: &Result<(), String>) {}
+}
+
+/// What the daemon's own mutations (evictions, idle stops) answer to: the audit trail, wired
+/// in by the daemon (this layer cannot name it).
+pub trait Lifecycle: Send + Sync {
+    /// Whether a mutation may run now; `Err` (why) skips it.
+    fn admit(&self) -> Result<(), String>;
+    /// `name` was stopped to make room for `for_instance` (`Err`: the stop failed).
+    fn evicted(&self, name: &str, for_instance: &str, result: &Result<(), String>);
+    /// `name` was stopped for idleness.
+    fn idle_stopped(&self, name: &str, result: &Result<(), String>);
+}
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Marks a proxied request as in flight for its whole life (dropped when the response body
 /// ends or the client goes away).
@@ -71,8 +94,9 @@ impl Supervisor {
         &self,
         name: &str,
         timeout: Duration,
-        rights: Rights,
+        requester: &dyn Requester,
     ) -> Result<bool, OpError> {
+        let rights = requester.rights();
         // Hot path of every proxied request: a ready instance needs no gate and no JSON view.
         if self.table().instances.get(name).map(|e| e.state()) == Some(State::Ready) {
             return Ok(false);
@@ -105,10 +129,14 @@ impl Supervisor {
                         state.as_str()
                     )));
                 }
+                requester.admit_start().map_err(OpError::Unavailable)?;
                 // Under max_running, wait for a slot while everything is busy.
                 loop {
                     match self.start_with(name, rights).await {
-                        Ok(_) => break,
+                        Ok(_) => {
+                            requester.started(name, &Ok(()));
+                            break;
+                        }
                         Err(OpError::Busy(msg)) => {
                             if Instant::now() >= deadline {
                                 return Err(OpError::Unavailable(msg));
@@ -116,7 +144,10 @@ impl Supervisor {
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                         Err(OpError::Conflict(m)) if m.contains("already running") => break,
-                        Err(e) => return Err(e),
+                        Err(e) => {
+                            requester.started(name, &Err(e.to_string()));
+                            return Err(e);
+                        }
                     }
                 }
                 started = true;
@@ -179,10 +210,21 @@ impl Supervisor {
                     ))
                 })?
         };
+        if let Some(h) = self.hook() {
+            h.admit().map_err(OpError::Unavailable)?;
+        }
         info!(llamactl_instance = %victim, for_instance = name, "evicting the least recently used instance (max_running)");
         // Its desired state becomes "stopped": a daemon restart does not bring it back (it
         // still starts on demand).
-        self.stop_locked(&victim).await?;
+        let stopped = self.stop_locked(&victim).await;
+        if let Some(h) = self.hook() {
+            h.evicted(
+                &victim,
+                name,
+                &stopped.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+            );
+        }
+        stopped?;
         if let Some(e) = self.table().instances.get_mut(&victim) {
             e.evictions += 1;
         }
@@ -224,8 +266,18 @@ impl Supervisor {
                         .instances
                         .get(&name)
                         .is_some_and(|e| e.in_flight == 0);
-                    if still_idle {
-                        let _ = me.stop_locked(&name).await;
+                    if !still_idle {
+                        continue;
+                    }
+                    if let Some(h) = me.hook() {
+                        if let Err(why) = h.admit() {
+                            warn!(llamactl_instance = %name, error = %why, "idle instance left running");
+                            continue;
+                        }
+                    }
+                    let stopped = me.stop_locked(&name).await;
+                    if let Some(h) = me.hook() {
+                        h.idle_stopped(&name, &stopped.map(|_| ()).map_err(|e| e.to_string()));
                     }
                 }
             }

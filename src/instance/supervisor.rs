@@ -120,6 +120,8 @@ pub struct Supervisor {
     /// One on-demand start per instance at a time (see `demand.rs`).
     pub(super) start_gates:
         tokio::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Evictions and idle stops answer to it (the daemon sets the audit trail here).
+    hook: std::sync::OnceLock<Arc<dyn super::demand::Lifecycle>>,
 }
 
 fn now() -> u64 {
@@ -179,7 +181,17 @@ impl Supervisor {
             ops: tokio::sync::Mutex::new(()),
             refreshing: tokio::sync::Mutex::new(()),
             start_gates: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+            hook: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Sets what the daemon's own evictions and idle stops answer to (once, at start).
+    pub fn set_lifecycle(&self, hook: Arc<dyn super::demand::Lifecycle>) {
+        let _ = self.hook.set(hook);
+    }
+
+    pub(super) fn hook(&self) -> Option<&Arc<dyn super::demand::Lifecycle>> {
+        self.hook.get()
     }
 
     pub(super) fn table(&self) -> MutexGuard<'_, Table> {

@@ -72,7 +72,8 @@ fn field_name(name: &str) -> Option<String> {
     (!up.is_empty() && up.len() <= 64).then(|| up.to_string())
 }
 
-fn put(buf: &mut Vec<u8>, key: &str, value: &str) {
+/// Appends one `KEY=value` field of the native protocol (binary-safe form for multi-line values).
+pub fn put(buf: &mut Vec<u8>, key: &str, value: &str) {
     let mut v = value;
     if v.len() > MAX_VALUE {
         let mut cut = MAX_VALUE;

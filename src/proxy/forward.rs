@@ -24,6 +24,8 @@ pub struct Watch {
     /// Held for its `Drop`: the request stops counting as in flight when the stream ends.
     /// (`None` only in tests, which have no supervisor.)
     pub _in_flight: Option<InFlight>,
+    /// The API key the request came with, whose usage the token counts add to.
+    pub usage: Option<std::sync::Arc<dyn super::KeyUsage>>,
 }
 
 enum Scan {
@@ -88,6 +90,9 @@ impl Tap {
             });
             w.metrics
                 .tokens(&w.instance, usage.prompt, usage.completion, tps);
+            if let Some(k) = &w.usage {
+                k.tokens(usage.prompt, usage.completion);
+            }
         }
     }
 }
@@ -230,6 +235,7 @@ mod tests {
             endpoint: "chat_completions",
             started: Instant::now(),
             _in_flight: None,
+            usage: None,
         };
         (respond(head, body, watch).into_body(), metrics)
     }

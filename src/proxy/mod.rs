@@ -10,7 +10,7 @@ mod upstream;
 pub use upstream::idle_sweeper;
 
 use crate::http::AppState;
-use crate::instance::demand::InFlight;
+use crate::instance::demand::{InFlight, Requester};
 use crate::instance::spec::InstanceOptions;
 use crate::instance::{OpError, Rights};
 use axum::extract::{Extension, Path, Request, State};
@@ -25,12 +25,22 @@ use std::time::Instant;
 
 type S = State<Arc<AppState>>;
 
-/// Who sends a proxied request, as far as the proxy cares: which instances it may use and
-/// whether it may start or evict one. Decided above this layer (an API key's allow-list and
-/// rights, `auth::Principal`); the HTTP layer puts one in every request's extensions.
-pub trait Caller: Send + Sync {
+/// Who sends a proxied request, as far as the proxy cares: which instances it may use, its
+/// rights and start admission (`Requester`), and where its token counts go. Decided above this
+/// layer (an API key, the audit trail); the HTTP layer gives one to every request.
+pub trait Caller: Requester {
     fn may_use(&self, instance: &str) -> bool;
-    fn rights(&self) -> Rights;
+    /// Itself, as the instance layer sees it.
+    fn requester(&self) -> &dyn Requester;
+    /// The API key to account this request's tokens to.
+    fn usage(&self) -> Option<Arc<dyn KeyUsage>> {
+        None
+    }
+}
+
+/// Token accounting per API key (`llamactl_key_tokens_total`, `keys list`).
+pub trait KeyUsage: Send + Sync {
+    fn tokens(&self, prompt: u64, completion: u64);
 }
 
 /// The caller of a request routed through axum (set by `http::guard`).
@@ -40,12 +50,18 @@ pub struct CallerExt(pub Arc<dyn Caller>);
 /// A caller who may do everything (tests, internal use).
 pub struct Unrestricted;
 
+impl Requester for Unrestricted {
+    fn rights(&self) -> Rights {
+        Rights::ALL
+    }
+}
+
 impl Caller for Unrestricted {
     fn may_use(&self, _: &str) -> bool {
         true
     }
-    fn rights(&self) -> Rights {
-        Rights::ALL
+    fn requester(&self) -> &dyn Requester {
+        self
     }
 }
 
@@ -230,7 +246,7 @@ pub async fn model_request(s: &AppState, req: Request, caller: &dyn Caller) -> R
     let timeout = s.config().config.proxy.start_timeout.get();
     if let Err(e) = s
         .instances
-        .ensure_ready(&name, timeout, caller.rights())
+        .ensure_ready(&name, timeout, caller.requester())
         .await
     {
         return op_error(e);
@@ -240,18 +256,14 @@ pub async fn model_request(s: &AppState, req: Request, caller: &dyn Caller) -> R
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    send(
-        s,
-        &name,
+    let out = Outgoing {
+        name: &name,
         in_flight,
-        endpoint(parts.uri.path()),
-        &parts.method,
-        &parts.headers,
-        path_and_query,
-        bytes,
+        endpoint: endpoint(parts.uri.path()),
         started,
-    )
-    .await
+        usage: caller.usage(),
+    };
+    send(s, out, &parts.method, &parts.headers, path_and_query, bytes).await
 }
 
 /// What a direct request asks of the instance: the URL's own path after
@@ -272,7 +284,12 @@ fn direct_target(uri: &axum::http::Uri) -> Option<String> {
 
 /// `ANY /api/v1/instances/{name}/proxy/{path}`: straight to a running instance (no on-demand
 /// start, as upstream).
-async fn direct(State(s): S, Path((name, _)): Path<(String, String)>, req: Request) -> Response {
+async fn direct(
+    State(s): S,
+    Path((name, _)): Path<(String, String)>,
+    Extension(caller): Extension<CallerExt>,
+    req: Request,
+) -> Response {
     let started = Instant::now();
     let (state, _) = match s.instances.state_of(&name) {
         Ok(v) => v,
@@ -300,33 +317,40 @@ async fn direct(State(s): S, Path((name, _)): Path<(String, String)>, req: Reque
         Ok(b) => b,
         Err(r) => return r,
     };
-    let in_flight = s.instances.begin_request(&name);
-    send(
-        &s,
-        &name,
-        in_flight,
-        "direct",
-        &parts.method,
-        &parts.headers,
-        &pq,
-        bytes,
+    let out = Outgoing {
+        name: &name,
+        in_flight: s.instances.begin_request(&name),
+        endpoint: "direct",
         started,
-    )
-    .await
+        usage: caller.0.usage(),
+    };
+    send(&s, out, &parts.method, &parts.headers, &pq, bytes).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send(
-    s: &AppState,
-    name: &str,
+/// A request on its way to an instance, and what its metrics need.
+struct Outgoing<'a> {
+    name: &'a str,
     in_flight: InFlight,
     endpoint: &'static str,
+    started: Instant,
+    usage: Option<Arc<dyn KeyUsage>>,
+}
+
+async fn send(
+    s: &AppState,
+    out: Outgoing<'_>,
     method: &axum::http::Method,
     headers: &axum::http::HeaderMap,
     path_and_query: &str,
     body: axum::body::Bytes,
-    started: Instant,
 ) -> Response {
+    let Outgoing {
+        name,
+        in_flight,
+        endpoint,
+        started,
+        usage,
+    } = out;
     let Some((addr, backend_key)) = s.instances.backend_target(name) else {
         return op_error(OpError::NotFound(format!("no instance named {name:?}")));
     };
@@ -358,6 +382,7 @@ async fn send(
                 endpoint,
                 started,
                 _in_flight: Some(in_flight),
+                usage,
             },
         ),
         Err(e) => {

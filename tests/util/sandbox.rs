@@ -173,6 +173,9 @@ pub struct DaemonUnit {
     /// Its admin socket (inside the sandbox): `$RUNTIME_DIRECTORY/llamactl.sock`, with a
     /// runtime directory of its own.
     pub socket: String,
+    /// Its audit file (inside the sandbox): `$LOGS_DIRECTORY/audit.log`, a logs directory of
+    /// its own.
+    pub audit_log: String,
 }
 
 impl DaemonUnit {
@@ -184,6 +187,7 @@ impl DaemonUnit {
         let config = dir.join("config.toml");
         let state_dir = format!("/var/lib/llamactl-it/{test}");
         let socket = format!("/run/llamactl-it/{test}/llamactl.sock");
+        let audit_log = format!("/var/log/llamactl-it/{test}/audit.log");
         super::write(
             &config,
             &format!(
@@ -199,12 +203,13 @@ impl DaemonUnit {
         super::write(
             &units.join(format!("{unit}.d/test.conf")),
             &format!(
-                "[Service]\nExecStart=\nExecStart={LLAMACTLD} --config {}\nStateDirectory=llamactl-it/{test}\nRuntimeDirectory=\nRuntimeDirectory=llamactl-it/{test}\n{extra}\n",
+                "[Service]\nExecStart=\nExecStart={LLAMACTLD} --config {}\nStateDirectory=llamactl-it/{test}\nRuntimeDirectory=\nRuntimeDirectory=llamactl-it/{test}\nLogsDirectory=\nLogsDirectory=llamactl-it/{test}\n{extra}\n",
                 config.display()
             ),
         );
         sb.ok(&["systemctl", "daemon-reload"]);
         let _ = std::fs::remove_dir_all(sb.root().join(state_dir.trim_start_matches('/')));
+        let _ = std::fs::remove_dir_all(sb.root().join(format!("var/log/llamactl-it/{test}")));
         DaemonUnit {
             sb,
             unit,
@@ -212,6 +217,7 @@ impl DaemonUnit {
             config,
             state_dir,
             socket,
+            audit_log,
         }
     }
 
@@ -226,6 +232,15 @@ impl DaemonUnit {
                 super::test_key_config()
             ),
         );
+    }
+
+    /// The audit file's records (JSON lines), read through the sandbox's root.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.sb.root().join(self.audit_log.trim_start_matches('/')))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// The admin socket as seen from the test (through the sandbox's root).

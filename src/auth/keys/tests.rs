@@ -127,7 +127,7 @@ fn provisioned_keys_authenticate_and_cannot_be_revoked_through_the_api() {
         can_start: true,
         can_evict: false,
     };
-    s.set_provisioned(std::slice::from_ref(&cfg), std::slice::from_ref(&cred))
+    s.set_provisioned(std::slice::from_ref(&cfg), std::slice::from_ref(&cred), 100)
         .unwrap();
     assert_eq!(
         s.authenticate("llk_from_config_0123456789", 10)
@@ -146,21 +146,21 @@ fn provisioned_keys_authenticate_and_cannot_be_revoked_through_the_api() {
 
     // A name used twice, or by an API key, is refused and the old set stays.
     assert!(s
-        .set_provisioned(std::slice::from_ref(&cfg), std::slice::from_ref(&cfg))
+        .set_provisioned(std::slice::from_ref(&cfg), std::slice::from_ref(&cfg), 100)
         .is_err());
     let (_, _) = s.create(new("apikey", Scope::Inference), 5).unwrap();
     let mut clash = cfg.clone();
     clash.name = "apikey".into();
-    assert!(s.set_provisioned(&[clash], &[]).is_err());
+    assert!(s.set_provisioned(&[clash], &[], 100).is_err());
     assert!(s.authenticate("llk_from_config_0123456789", 10).is_ok());
     // A reload without them removes them.
-    s.set_provisioned(&[], &[]).unwrap();
+    s.set_provisioned(&[], &[], 100).unwrap();
     assert!(s.authenticate("llk_from_config_0123456789", 10).is_err());
     assert_eq!(s.list().len(), 1);
 
     let mut short = cred.clone();
     short.key = Some(Secret::new("short"));
-    assert!(s.set_provisioned(&[], &[short]).is_err());
+    assert!(s.set_provisioned(&[], &[short], 100).is_err());
 }
 
 #[test]
@@ -198,4 +198,32 @@ fn credential_files_parse_without_echoing_values() {
     let e = read_credential(&d).unwrap_err();
     assert!(e.contains("line 3"), "{e}");
     assert!(!e.contains("super-secret"), "{e}");
+}
+
+#[test]
+fn usage_totals_are_kept_across_restarts_and_keys_are_capped() {
+    let d = tmpdir("usage");
+    let s = KeyStore::open(&d);
+    s.set_provisioned(&[], &[], 2).unwrap();
+    let (key, e) = s.create(new("acct", Scope::Inference), 10).unwrap();
+    e.count_request();
+    e.count_request();
+    e.count_tokens(5, 3);
+    s.authenticate(&key, 20).unwrap();
+    s.flush().unwrap();
+    let v = KeyStore::open(&d).list()[0].view(30);
+    assert_eq!(
+        (
+            v["requests"].as_u64(),
+            v["prompt_tokens"].as_u64(),
+            v["completion_tokens"].as_u64()
+        ),
+        (Some(2), Some(5), Some(3))
+    );
+    assert_eq!(v["last_used_at"], 20);
+    // [auth] max_keys = 2: a third key is refused.
+    s.create(new("second", Scope::Inference), 10).unwrap();
+    assert!(
+        matches!(s.create(new("third", Scope::Inference), 10), Err(KeyError::Conflict(m)) if m.contains("max_keys"))
+    );
 }
