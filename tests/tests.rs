@@ -4,7 +4,7 @@
 #[macro_use]
 mod util; // HTTP helpers (as the test management key, raw, over the socket), the private systemd
 
-mod audit; // the audit trail three ways, its failure modes, rate limits, usage per key
+mod audit; // (a directory) the audit trail three ways, its failure modes, rate limits, usage per key
 mod cli; // --check-config, help, man pages, client errors
 mod direct; // the daemon as a plain process: stderr logs, no bus, the socket
 mod instances; // instances as transient units: lifecycle, restarts, adoption, CLI

@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn a_removed_file_and_directory_are_made_again() {
         // (That a directory the daemon may not write to fails the check is shown under the
-        // shipped unit, where root has no capabilities: tests/audit.rs.)
+        // shipped unit, where root has no capabilities: tests/audit/failures.rs.)
         let p = tmp("gone");
         let (mut f, _) = AuditFile::new(p.clone());
         assert!(f.check().is_ok());

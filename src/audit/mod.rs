@@ -348,6 +348,11 @@ impl Auditor {
         self.metrics.audit_pending.set(g.pending.len() as i64);
     }
 
+    /// How many records wait for a destination.
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
     /// Tries the waiting records again (called every second by the daemon).
     pub fn retry(&self) {
         let mut g = self.lock();

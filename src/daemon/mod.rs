@@ -148,7 +148,13 @@ async fn serve(
     ));
     // Before anything can evict or idle-stop: those are audited too.
     instances.set_lifecycle(Arc::new(crate::audit::hook::Hook(audit.clone())));
-    spawn_audit_retry(audit.clone(), shutdown_rx.clone());
+    // Audit records waiting for a destination are written as soon as it is back.
+    let a = audit.clone();
+    spawn_every(Duration::from_secs(1), shutdown_rx.clone(), move || {
+        if a.pending() > 0 {
+            a.retry();
+        }
+    });
     instances.spawn_background(shutdown_rx.clone());
     instances.spawn_idle_stopper(cfg.proxy.idle_check_interval.get(), shutdown_rx.clone());
     let state = Arc::new(AppState::new(
@@ -214,7 +220,14 @@ async fn serve(
     }
     info!(address = %listen, "ready");
 
-    spawn_key_flusher(auth.clone(), shutdown_rx.clone());
+    // The keys' last use and usage go to keys.json every minute (when they changed): a write
+    // per request would put an fsync on the request path.
+    let a = auth.clone();
+    spawn_every(Duration::from_secs(60), shutdown_rx.clone(), move || {
+        if let Err(e) = a.keys.flush() {
+            warn!(component = "auth", error = %e, "could not save the keys' use");
+        }
+    });
     daemon.signal_loop(&mut signals, status_rx).await;
     stop_stats.store(true, std::sync::atomic::Ordering::Relaxed);
     let drained = drain(shutdown_tx, server).await;
@@ -224,7 +237,7 @@ async fn serve(
     // A last try for audit records still waiting for a destination; what cannot be written now
     // is said, with how many, rather than dropped silently.
     state.audit.retry();
-    let waiting = state.audit.status().pending;
+    let waiting = state.audit.pending();
     if waiting > 0 {
         error!(
             component = "audit",
@@ -235,36 +248,21 @@ async fn serve(
     drained
 }
 
-/// Writes audit records that wait for a destination as soon as it is back (checked every
-/// second while any wait).
-fn spawn_audit_retry(audit: Arc<Auditor>, mut shutdown: watch::Receiver<bool>) {
+/// Runs `work` (blocking file I/O, kept off the async workers) every `period` until shutdown.
+fn spawn_every(
+    period: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    work: impl Fn() + Send + Sync + 'static,
+) {
+    let work = Arc::new(work);
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(period) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            if audit.status().pending > 0 {
-                let a = audit.clone();
-                let _ = tokio::task::spawn_blocking(move || a.retry()).await;
-            }
-        }
-    });
-}
-
-/// Writes the keys' `last_used_at` back every minute (when it changed): a file write per
-/// request would put an fsync on the request path.
-fn spawn_key_flusher(auth: Arc<Auth>, mut shutdown: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-            let a = auth.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.keys.flush()).await {
-                warn!(component = "auth", error = %e, "could not save the keys' last use");
-            }
+            let w = work.clone();
+            let _ = tokio::task::spawn_blocking(move || w()).await;
         }
     });
 }
