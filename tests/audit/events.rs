@@ -338,3 +338,68 @@ fn sighup_reopens_a_rotated_file() {
         );
     }
 }
+
+#[test]
+fn llamactl_audit_follows_new_records() {
+    unit_test!();
+    let d = daemon("audit-follow", "", "");
+    let url = format!("http://127.0.0.1:{}", d.port);
+    let mut child = crate::util::llamactl()
+        .args(["--url", &url, "audit", "-f", "-n", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Records made after it started appear, each once.
+    std::thread::sleep(Duration::from_millis(1500));
+    for n in ["fa", "fb"] {
+        assert_eq!(
+            api(
+                "POST",
+                d.port,
+                &format!("/api/v1/instances/{n}"),
+                Some(fake(json!({})))
+            )
+            .status,
+            201
+        );
+    }
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !(seen
+        .iter()
+        .any(|l: &String| l.contains("instance.create") && l.contains(" fb")))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("llamactl audit -f did not show the new records: {seen:?}"),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let creates: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains("instance.create"))
+        .collect();
+    assert_eq!(creates.len(), 2, "{seen:?}");
+    for n in ["fa", "fb"] {
+        assert_eq!(
+            api("DELETE", d.port, &format!("/api/v1/instances/{n}"), None).status,
+            204
+        );
+    }
+}
