@@ -311,6 +311,7 @@ impl Auditor {
             return;
         }
         let mut stuck = [false; 2];
+        let mut wrote = [false; 2];
         let mut i = 0;
         while i < g.pending.len() {
             for d in [JOURNAL, FILE] {
@@ -323,7 +324,10 @@ impl Auditor {
                 }
                 let e = g.pending[i].event.clone();
                 match self.write(g, d, &e) {
-                    Ok(()) => g.pending[i].owed[d] = false,
+                    Ok(()) => {
+                        g.pending[i].owed[d] = false;
+                        wrote[d] = true;
+                    }
                     Err(err) => {
                         stuck[d] = true;
                         g.failing[d] = Some(err);

@@ -137,7 +137,17 @@ pub async fn audited(
         state.audit.record(e);
         return res;
     }
-    // The error's message is the reason; the answer is rebuilt from the bytes read.
+    // The error's message is the reason, read from a (small, declared) JSON error body; the
+    // answer is rebuilt from the bytes read. Anything else passes through untouched.
+    let small = hyper::body::Body::size_hint(res.body())
+        .exact()
+        .is_some_and(|n| n <= REASON_LIMIT as u64);
+    if !small {
+        state
+            .audit
+            .record(e.failed(format!("HTTP {}", status.as_u16())));
+        return res;
+    }
     let (parts, body) = res.into_parts();
     let bytes = axum::body::to_bytes(body, REASON_LIMIT)
         .await

@@ -256,7 +256,8 @@ pub fn check(
             };
             m.count_auth(group.as_str(), outcome);
             if let Some(actor) = &d.failure {
-                if let Some(a) = &address {
+                // One token per failed attempt (a login spent its own already).
+                if let Some(a) = address.as_ref().filter(|_| need != Need::AnyKey) {
                     limiter.check(LimitGroup::Auth, a, true, clock);
                 }
                 let mut e = Event::new(
