@@ -57,57 +57,60 @@ fn every_event_from_its_action_three_ways() {
 
     // The instance lifecycle, with an eviction and an idle stop.
     assert_eq!(
-        api("POST", p, "/api/v1/instances/a", Some(fake(json!({})))).status,
+        api("POST", p, "/api/v1/instances/ea", Some(fake(json!({})))).status,
         201
     );
     assert_eq!(
         api(
             "PUT",
             p,
-            "/api/v1/instances/a",
+            "/api/v1/instances/ea",
             Some(fake(json!({"max_restarts": 1})))
         )
         .status,
         200
     );
     assert_eq!(
-        api("POST", p, "/api/v1/instances/a/start", None).status,
+        api("POST", p, "/api/v1/instances/ea/start", None).status,
         200
     );
-    wait_state(&d, "a", "ready");
+    wait_state(&d, "ea", "ready");
     assert_eq!(
-        api("POST", p, "/api/v1/instances/a/restart", None).status,
+        api("POST", p, "/api/v1/instances/ea/restart", None).status,
         200
     );
-    wait_state(&d, "a", "ready");
+    wait_state(&d, "ea", "ready");
     assert_eq!(
         api(
             "POST",
             p,
-            "/api/v1/instances/b",
+            "/api/v1/instances/eb",
             Some(fake(json!({"idle_timeout": 0.02})))
         )
         .status,
         201
     );
-    // Starting b evicts a (max_running = 1); then b goes idle.
+    // Starting eb evicts ea (max_running = 1); then eb goes idle.
     assert_eq!(
-        api("POST", p, "/api/v1/instances/b/start", None).status,
+        api("POST", p, "/api/v1/instances/eb/start", None).status,
         200
     );
-    wait_state(&d, "b", "ready");
-    wait_state(&d, "b", "stopped");
+    wait_state(&d, "eb", "ready");
+    wait_state(&d, "eb", "stopped");
     assert_eq!(
-        api("POST", p, "/api/v1/instances/a/start", None).status,
+        api("POST", p, "/api/v1/instances/ea/start", None).status,
         200
     );
-    assert_eq!(api("POST", p, "/api/v1/instances/a/stop", None).status, 200);
+    assert_eq!(
+        api("POST", p, "/api/v1/instances/ea/stop", None).status,
+        200
+    );
     // A failed action is recorded as such.
     assert_eq!(
         api("POST", p, "/api/v1/instances/nope/start", None).status,
         404
     );
-    for n in ["a", "b"] {
+    for n in ["ea", "eb"] {
         assert_eq!(
             api("DELETE", p, &format!("/api/v1/instances/{n}"), None).status,
             204
@@ -171,7 +174,7 @@ fn every_event_from_its_action_three_ways() {
     }
 
     // Who did what, precisely.
-    let del = audit_api(&d, "event=instance.delete&instance=a");
+    let del = audit_api(&d, "event=instance.delete&instance=ea");
     assert_eq!(del.len(), 1, "{del:?}");
     assert_eq!(del[0]["actor"], "key:it-admin");
     assert!(
@@ -187,11 +190,11 @@ fn every_event_from_its_action_three_ways() {
     let evict = audit_api(&d, "event=instance.evict");
     assert_eq!(
         (evict[0]["actor"].as_str(), evict[0]["instance"].as_str()),
-        (Some("llamactld"), Some("a"))
+        (Some("llamactld"), Some("ea"))
     );
     assert_eq!(
         audit_api(&d, "event=instance.idle_stop")[0]["instance"],
-        "b"
+        "eb"
     );
     let failures = audit_api(&d, "event=auth.failure");
     assert!(

@@ -10,7 +10,7 @@ fn an_unwritable_trail_refuses_mutations_and_loses_nothing() {
     let d = daemon("audit-readonly", "", "");
     let p = d.port;
     assert_eq!(
-        api("POST", p, "/api/v1/instances/x", Some(fake(json!({})))).status,
+        api("POST", p, "/api/v1/instances/rox", Some(fake(json!({})))).status,
         201
     );
     let dir = d.audit_log.rsplit_once('/').unwrap().0.to_string();
@@ -18,7 +18,7 @@ fn an_unwritable_trail_refuses_mutations_and_loses_nothing() {
     // capabilities, as the shipped unit runs it) cannot write a record.
     d.sb.ok(&["rm", &d.audit_log]);
     d.sb.ok(&["chmod", "0555", &dir]);
-    let r = api("POST", p, "/api/v1/instances/x/start", None);
+    let r = api("POST", p, "/api/v1/instances/rox/start", None);
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.header("Retry-After").is_some());
     assert!(
@@ -29,9 +29,9 @@ fn an_unwritable_trail_refuses_mutations_and_loses_nothing() {
         "{}",
         r.body
     );
-    assert_eq!(state(&d, "x"), "stopped");
-    assert_eq!(api("DELETE", p, "/api/v1/instances/x", None).status, 503);
-    assert_eq!(get(p, "/api/v1/instances/x").status, 200);
+    assert_eq!(state(&d, "rox"), "stopped");
+    assert_eq!(api("DELETE", p, "/api/v1/instances/rox", None).status, 503);
+    assert_eq!(get(p, "/api/v1/instances/rox").status, 200);
     let health = get(p, "/api/system/health").json();
     let check = health["checks"]
         .as_array()
@@ -75,10 +75,10 @@ fn an_unwritable_trail_refuses_mutations_and_loses_nothing() {
         },
     );
     assert_eq!(
-        api("POST", p, "/api/v1/instances/x/start", None).status,
+        api("POST", p, "/api/v1/instances/rox/start", None).status,
         200
     );
-    assert_eq!(api("DELETE", p, "/api/v1/instances/x", None).status, 204);
+    assert_eq!(api("DELETE", p, "/api/v1/instances/rox", None).status, 204);
     let events: Vec<String> = d
         .audit_records()
         .iter()

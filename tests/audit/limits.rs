@@ -71,7 +71,7 @@ fn usage_per_key_matches_the_proxy() {
     let d = daemon("audit-usage", "", "");
     let p = d.port;
     assert_eq!(
-        api("POST", p, "/api/v1/instances/m", Some(fake(json!({})))).status,
+        api("POST", p, "/api/v1/instances/um", Some(fake(json!({})))).status,
         201
     );
     let r = api(
@@ -83,7 +83,7 @@ fn usage_per_key_matches_the_proxy() {
     let key = r.json()["key"].as_str().unwrap().to_string();
     let bearer = format!("Bearer {key}");
     for stream in [false, false, true] {
-        let body = json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+        let body = json!({"model": "um", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}).to_string();
         let r = http(
             "POST",
             p,
@@ -112,7 +112,7 @@ fn usage_per_key_matches_the_proxy() {
             "llamactl_key_tokens_total{{key_name=\"acct\",type=\"{t}\"}}"
         ));
         let by_instance = v(&format!(
-            "llamactl_instance_tokens_total{{instance_name=\"m\",type=\"{t}\"}}"
+            "llamactl_instance_tokens_total{{instance_name=\"um\",type=\"{t}\"}}"
         ));
         assert!(
             by_key > 0.0 && by_key == by_instance,
@@ -149,5 +149,5 @@ fn usage_per_key_matches_the_proxy() {
     assert!(text.contains("acct") && text.contains("REQUESTS"), "{text}");
     assert_eq!(api("DELETE", p, "/api/v1/auth/keys/acct", None).status, 204);
     assert!(!get(p, "/metrics").body.contains("key_name=\"acct\""));
-    assert_eq!(api("DELETE", p, "/api/v1/instances/m", None).status, 204);
+    assert_eq!(api("DELETE", p, "/api/v1/instances/um", None).status, 204);
 }

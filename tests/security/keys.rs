@@ -12,7 +12,13 @@ fn the_key_matrix_over_tcp() {
         "[auth]\nrequire_inference_auth = true\nrequire_monitoring_auth = true\n",
     );
     assert_eq!(
-        api("POST", d.port, "/api/v1/instances/m", Some(fake(json!({})))).status,
+        api(
+            "POST",
+            d.port,
+            "/api/v1/instances/kmx",
+            Some(fake(json!({})))
+        )
+        .status,
         201
     );
     let mgmt = create_key(&d, json!({"name": "ops", "scope": "management"}));
@@ -52,7 +58,7 @@ fn the_key_matrix_over_tcp() {
         (
             "POST",
             "/v1/chat/completions",
-            chat("m"),
+            chat("kmx"),
             [401, 401, 200, 200, 403],
         ),
         ("GET", "/metrics", String::new(), [401, 401, 200, 403, 200]),
@@ -104,7 +110,7 @@ fn the_key_matrix_over_tcp() {
         }
     }
     // Inference errors keep OpenAI's shape.
-    let r = as_key(&d, None, "POST", "/v1/chat/completions", &chat("m"));
+    let r = as_key(&d, None, "POST", "/v1/chat/completions", &chat("kmx"));
     assert_eq!(r.json()["error"]["code"], "api_key_required");
 
     // X-API-Key works as upstream's does.
@@ -162,7 +168,7 @@ fn the_key_matrix_over_tcp() {
     d.wait_log("request refused");
     assert_nowhere(&d, &[&mgmt, &inf, &mon, &soon, &gone, TEST_KEY]);
     assert_eq!(
-        api("DELETE", d.port, "/api/v1/instances/m", None).status,
+        api("DELETE", d.port, "/api/v1/instances/kmx", None).status,
         204
     );
 }
@@ -172,7 +178,13 @@ fn default_config_leaves_inference_and_monitoring_open_on_loopback() {
     unit_test!();
     let d = daemon("sec-defaults", "");
     assert_eq!(
-        api("POST", d.port, "/api/v1/instances/m", Some(fake(json!({})))).status,
+        api(
+            "POST",
+            d.port,
+            "/api/v1/instances/kdef",
+            Some(fake(json!({})))
+        )
+        .status,
         201
     );
     // Management needs a key over TCP ...
@@ -182,7 +194,7 @@ fn default_config_leaves_inference_and_monitoring_open_on_loopback() {
     assert_eq!(as_key(&d, None, "GET", "/metrics", "").status, 200);
     assert_eq!(as_key(&d, None, "GET", "/api/health", "").status, 200);
     assert_eq!(
-        as_key(&d, None, "POST", "/v1/chat/completions", &chat("m")).status,
+        as_key(&d, None, "POST", "/v1/chat/completions", &chat("kdef")).status,
         200
     );
     let r = as_key(
@@ -190,7 +202,7 @@ fn default_config_leaves_inference_and_monitoring_open_on_loopback() {
         Some("sk-no-key-required"),
         "POST",
         "/v1/chat/completions",
-        &chat("m"),
+        &chat("kdef"),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
@@ -198,7 +210,7 @@ fn default_config_leaves_inference_and_monitoring_open_on_loopback() {
         401
     );
     assert_eq!(
-        api("DELETE", d.port, "/api/v1/instances/m", None).status,
+        api("DELETE", d.port, "/api/v1/instances/kdef", None).status,
         204
     );
 }
@@ -210,7 +222,7 @@ fn inference_keys_are_limited_to_their_instances_and_rights() {
         "sec-limits",
         "max_running = 1\n[proxy]\nstart_timeout = \"2s\"\n[auth]\nrequire_inference_auth = true\n",
     );
-    for n in ["a", "b"] {
+    for n in ["kla", "klb"] {
         assert_eq!(
             api(
                 "POST",
@@ -224,7 +236,7 @@ fn inference_keys_are_limited_to_their_instances_and_rights() {
     }
     let only_a = create_key(
         &d,
-        json!({"name": "only-a", "scope": "inference", "instances": ["a"]}),
+        json!({"name": "only-a", "scope": "inference", "instances": ["kla"]}),
     );
     let no_start = create_key(
         &d,
@@ -235,7 +247,7 @@ fn inference_keys_are_limited_to_their_instances_and_rights() {
         json!({"name": "no-evict", "scope": "inference", "can_evict": false}),
     );
 
-    // Only "a" is visible; "b" answers exactly like a model that does not exist.
+    // Only "kla" is visible; "klb" answers exactly like a model that does not exist.
     let models = as_key(&d, Some(&only_a), "GET", "/v1/models", "").json();
     let ids: Vec<&str> = models["data"]
         .as_array()
@@ -243,13 +255,13 @@ fn inference_keys_are_limited_to_their_instances_and_rights() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["a"]);
+    assert_eq!(ids, ["kla"]);
     let hidden = as_key(
         &d,
         Some(&only_a),
         "POST",
         "/v1/chat/completions",
-        &chat("b"),
+        &chat("klb"),
     );
     let unknown = as_key(
         &d,
@@ -268,7 +280,7 @@ fn inference_keys_are_limited_to_their_instances_and_rights() {
         hidden.json()["error"]["message"]
             .as_str()
             .unwrap()
-            .replace("\"b\"", "\"zzz\""),
+            .replace("\"klb\"", "\"zzz\""),
         unknown.json()["error"]["message"]
     );
 
@@ -278,41 +290,44 @@ fn inference_keys_are_limited_to_their_instances_and_rights() {
         Some(&no_start),
         "POST",
         "/v1/chat/completions",
-        &chat("a"),
+        &chat("kla"),
     );
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("can_start"), "{}", r.body);
     assert_eq!(
-        get(d.port, "/api/v1/instances/a").json()["state"],
+        get(d.port, "/api/v1/instances/kla").json()["state"],
         "stopped"
     );
 
-    // Started by a key that may: "a" runs.
+    // Started by a key that may: "kla" runs.
     let r = as_key(
         &d,
         Some(&only_a),
         "POST",
         "/v1/chat/completions",
-        &chat("a"),
+        &chat("kla"),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    // can_evict = false: under max_running = 1, "b" would need "a" stopped; it is not, and
+    // can_evict = false: under max_running = 1, "klb" would need "kla" stopped; it is not, and
     // the request gives up after start_timeout.
     let r = as_key(
         &d,
         Some(&no_evict),
         "POST",
         "/v1/chat/completions",
-        &chat("b"),
+        &chat("klb"),
     );
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("can_evict"), "{}", r.body);
-    assert_eq!(get(d.port, "/api/v1/instances/a").json()["state"], "ready");
     assert_eq!(
-        get(d.port, "/api/v1/instances/b").json()["state"],
+        get(d.port, "/api/v1/instances/kla").json()["state"],
+        "ready"
+    );
+    assert_eq!(
+        get(d.port, "/api/v1/instances/klb").json()["state"],
         "stopped"
     );
-    for n in ["a", "b"] {
+    for n in ["kla", "klb"] {
         assert_eq!(
             api("DELETE", d.port, &format!("/api/v1/instances/{n}"), None).status,
             204

@@ -130,7 +130,7 @@ fn instance_policy_and_secrets() {
         api(
             "POST",
             p,
-            "/api/v1/instances/two",
+            "/api/v1/instances/ptwo",
             Some(json!({"backend_type": "llama_cpp", "backend_options": {"model": "/m.gguf"}}))
         )
         .status,
@@ -139,7 +139,7 @@ fn instance_policy_and_secrets() {
     let r = api(
         "POST",
         p,
-        "/api/v1/instances/three",
+        "/api/v1/instances/pthree",
         Some(json!({"backend_type": "llama_cpp", "backend_options": {"model": "/m.gguf"}})),
     );
     assert_eq!(r.status, 403, "{}", r.body);
@@ -148,7 +148,7 @@ fn instance_policy_and_secrets() {
     // A spec written by hand with a forbidden backend loads but does not start.
     let forged = json!({"name": "forged", "created": 1, "desired_state": "stopped",
         "options": {"backend_type": "command", "backend_options": {"command": ["/bin/sh"], "port": 31999}}});
-    for n in ["two", "sec"] {
+    for n in ["ptwo", "sec"] {
         assert_eq!(
             api("DELETE", p, &format!("/api/v1/instances/{n}"), None).status,
             204

@@ -329,3 +329,50 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// Instance names are unit names (`llamactl-NAME.service`), global to the shared sandbox where
+/// tests run in parallel: two tests using one name fight over one unit. Every name a test puts
+/// in an instance URL must be its own.
+#[test]
+fn instance_names_are_not_shared_between_tests() {
+    let mut owner: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut files = Vec::new();
+    let mut dirs = vec![repo().join("tests")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                files.push(p);
+            }
+        }
+    }
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, test) in text.split("#[test]").enumerate().skip(1) {
+            let name = format!("{}#{i}", f.display());
+            for chunk in test.split("/api/v1/instances/").skip(1) {
+                let inst: String = chunk
+                    .chars()
+                    .take_while(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(*c)
+                    })
+                    .collect();
+                if inst.is_empty() {
+                    continue;
+                }
+                let first = owner.entry(inst.clone()).or_insert_with(|| name.clone());
+                assert!(
+                    *first == name,
+                    "instance {inst:?} is used by two tests ({first} and {name}): give each its own name"
+                );
+            }
+        }
+    }
+    assert!(
+        owner.len() > 20,
+        "the scan found only {} names",
+        owner.len()
+    );
+}
