@@ -1,6 +1,6 @@
 //! Instances as transient units, driven through llamactld's API in the private systemd.
 
-use crate::util::sandbox::{DaemonUnit, Sandbox};
+use crate::util::sandbox::{sandbox, DaemonUnit, Sandbox};
 use crate::util::{api, fake_backend, free_port, get, http, llama_backend, run, wait_for};
 use serde_json::{json, Value};
 use std::process::Command;
@@ -356,6 +356,29 @@ fn corrupt_spec_is_reported_and_the_others_load() {
         "options": {"backend_type": "command", "backend_options": {"command": ["/bin/true"], "port": 21999}}});
     std::fs::write(dir.join("good.json"), good.to_string()).unwrap();
     std::fs::write(dir.join("bad.json"), b"{ \"name\": \"bad\", oops").unwrap();
+    // Well-formed JSON that fails validation: reported the same way, and never started although
+    // they ask to run (a hand-edited "lots" once ran the unit without a memory limit; an empty
+    // argv once panicked the daemon).
+    for (name, options) in [
+        (
+            "lotsmem",
+            json!({"backend_type": "command", "memory_max": "lots",
+            "backend_options": {"command": ["/bin/sleep", "600"], "port": 21998}}),
+        ),
+        (
+            "noargv",
+            json!({"backend_type": "command", "backend_options": {"command": [], "port": 21997}}),
+        ),
+        (
+            "hugedelay",
+            json!({"backend_type": "command", "restart_delay": 9223372036854775807u64,
+            "backend_options": {"command": ["/bin/sleep", "600"], "port": 21996}}),
+        ),
+    ] {
+        let spec =
+            json!({"name": name, "created": 1, "desired_state": "running", "options": options});
+        std::fs::write(dir.join(format!("{name}.json")), spec.to_string()).unwrap();
+    }
     d.start();
     let list = get(port, "/api/v1/instances").json();
     let names: Vec<_> = list
@@ -366,9 +389,34 @@ fn corrupt_spec_is_reported_and_the_others_load() {
         .collect();
     assert_eq!(names, [json!("good")]);
     let sys = get(port, "/api/system/health").json();
-    let corrupt = &sys["instances"]["corrupt_specs"];
-    assert_eq!(corrupt[0]["name"], "bad", "{sys}");
-    assert!(corrupt[0]["error"].as_str().unwrap().contains("line 1"));
+    let corrupt: std::collections::BTreeMap<String, String> = sys["instances"]["corrupt_specs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().into(),
+                c["error"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(corrupt["bad"].contains("line 1"), "{sys}");
+    assert!(corrupt["lotsmem"].contains("memory_max"), "{sys}");
+    assert!(
+        corrupt["noargv"].contains("backend_options.command"),
+        "{sys}"
+    );
+    assert!(corrupt["hugedelay"].contains("restart_delay"), "{sys}");
+    for name in ["lotsmem", "noargv", "hugedelay"] {
+        let state = sandbox().ok(&[
+            "systemctl",
+            "show",
+            "-P",
+            "ActiveState",
+            &format!("llamactl-{name}.service"),
+        ]);
+        assert_eq!(state.trim(), "inactive", "{name} was started");
+    }
     let check = sys["checks"]
         .as_array()
         .unwrap()
@@ -449,6 +497,27 @@ fn bad_names_ports_and_requests_get_clear_errors() {
     );
     assert_eq!(r.status, 400);
     assert!(r.body.contains("backend_options.model"), "{}", r.body);
+    // Numbers that once panicked an HTTP worker or the idle-stop task: 400 naming the field,
+    // and the daemon still answers.
+    for (extra, field) in [
+        (
+            json!({"restart_delay": 9223372036854775807u64}),
+            "restart_delay",
+        ),
+        (json!({"idle_timeout": 1e20}), "idle_timeout"),
+        (json!({"memory_max": "1e30G"}), "memory_max"),
+        (json!({"cpu_quota": 1e300}), "cpu_quota"),
+    ] {
+        let r = api(
+            "POST",
+            p,
+            "/api/v1/instances/x",
+            Some(fake_spec(extra.clone())),
+        );
+        assert_eq!(r.status, 400, "{extra}: {}", r.body);
+        assert!(r.body.contains(field), "{extra}: {}", r.body);
+    }
+    assert_eq!(get(p, "/api/health/live").status, 200);
     // Ports and names are unique.
     let spec = fake_spec(json!({}));
     let mut with_port = spec.clone();

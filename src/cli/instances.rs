@@ -170,11 +170,21 @@ pub fn create_body(a: &CreateArgs) -> anyhow::Result<Value> {
     };
     put("max_restarts", a.max_restarts.map(Value::from));
     put("restart_delay", a.restart_delay.map(Value::from));
-    put("memory_max", a.memory_max.clone().map(Value::from));
+    put(
+        "memory_max",
+        a.memory_max
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()?,
+    );
     put("cpu_quota", a.cpu_quota.map(Value::from));
     if !a.gpus.is_empty() {
         put("gpus", Some(json!(a.gpus)));
     }
+    // The daemon's own parser: a bad value is reported here, naming the field, before anything
+    // is sent (the daemon checks again, with its config's policy).
+    crate::instance::spec::parse_options(&serde_json::to_vec(&body)?)
+        .map_err(|e| anyhow::anyhow!("invalid instance options: {e}"))?;
     Ok(body)
 }
 
@@ -350,4 +360,52 @@ pub async fn run(c: &Client, output: Output, cmd: &Command) -> anyhow::Result<u8
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{ClientArgs, Command};
+    use clap::Parser;
+
+    fn body(args: &[&str]) -> anyhow::Result<Value> {
+        let cli = ClientArgs::try_parse_from(["llamactl", "create", "x"].iter().chain(args))?;
+        let Some(Command::Create(a)) = cli.command else {
+            panic!("not a create")
+        };
+        create_body(&a)
+    }
+
+    #[test]
+    fn flags_become_the_typed_spec() {
+        let v = body(&[
+            "--model",
+            "/m.gguf",
+            "--memory-max",
+            "8G",
+            "--cpu-quota",
+            "150",
+        ])
+        .unwrap();
+        assert_eq!(v["memory_max"], "8G");
+        assert_eq!(v["backend_options"]["model"], "/m.gguf");
+    }
+
+    /// Bad values are refused before anything is sent, naming the field.
+    #[test]
+    fn bad_values_are_refused_locally() {
+        let e = body(&["--model", "/m", "--memory-max", "lots"]).unwrap_err();
+        assert!(e.to_string().contains("--memory-max"), "{e}");
+        for (args, field) in [
+            (&["--restart-delay", "999999"][..], "restart_delay"),
+            (&["--cpu-quota=0"][..], "cpu_quota"),
+            (&["--opt", "x={\"a\":1}"][..], "backend_options.x"),
+            (&["--port", "70000"][..], "--port"),
+        ] {
+            let mut a = vec!["--model", "/m"];
+            a.extend_from_slice(args);
+            let e = format!("{:#}", body(&a).unwrap_err());
+            assert!(e.contains(field), "{args:?}: {e}");
+        }
+    }
 }

@@ -134,7 +134,7 @@ pub struct CreateArgs {
     pub env: Vec<String>,
     /// Memory limit, e.g. 8G (MemoryMax=)
     #[arg(long)]
-    pub memory_max: Option<String>,
+    pub memory_max: Option<crate::instance::spec::ByteSize>,
     /// CPU limit in percent of one CPU, e.g. 200 (CPUQuota=)
     #[arg(long)]
     pub cpu_quota: Option<f64>,
@@ -145,10 +145,10 @@ pub struct CreateArgs {
     #[arg(long)]
     pub no_auto_restart: bool,
     #[arg(long)]
-    pub max_restarts: Option<i64>,
+    pub max_restarts: Option<u32>,
     /// Seconds between restarts
     #[arg(long)]
-    pub restart_delay: Option<i64>,
+    pub restart_delay: Option<u32>,
     /// Start it right away
     #[arg(long)]
     pub start: bool,

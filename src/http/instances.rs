@@ -59,7 +59,7 @@ fn valid(name: &str) -> Result<(), ApiError> {
 }
 
 fn options(body: &Bytes) -> Result<InstanceOptions, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+    spec::parse_options(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid instance options: {e}"),
@@ -126,19 +126,20 @@ async fn sd(State(s): S) -> Json<serde_json::Value> {
 /// an unknown instance.
 async fn health(State(s): S, Path(name): Path<String>) -> Result<Response, ApiError> {
     valid(&name)?;
-    let (state, v) = s.instances.state_of(&name)?;
-    let code = if state == RunState::Ready {
+    let h = s.instances.health_of(&name)?;
+    let ready = h.state == RunState::Ready;
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = json!({
         "name": name,
-        "status": if state == RunState::Ready { "healthy" } else { "unavailable" },
-        "state": state,
-        "health": v["health"],
-        "restarts": v["restarts"],
-        "last_error": v["last_error"],
+        "status": if ready { "healthy" } else { "unavailable" },
+        "state": h.state,
+        "health": h.health,
+        "restarts": h.restarts,
+        "last_error": h.last_error,
     });
     Ok((code, Json(body)).into_response())
 }

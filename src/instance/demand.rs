@@ -111,12 +111,18 @@ impl Supervisor {
             let _one_start = tokio::time::timeout_at(deadline.into(), gate.lock())
                 .await
                 .map_err(|_| timed_out(name, timeout))?;
-            let (state, v) = self.state_of(name)?;
+            let (state, allowed) = {
+                let t = self.table();
+                let e = t
+                    .instances
+                    .get(name)
+                    .ok_or_else(|| OpError::NotFound(format!("no instance named {name:?}")))?;
+                (e.state(), e.spec.options.on_demand_start.unwrap_or(false))
+            };
             if state == State::Ready {
                 return Ok(false);
             }
             if !state.is_running() {
-                let allowed = v["options"]["on_demand_start"].as_bool().unwrap_or(false);
                 if !allowed {
                     return Err(OpError::Unavailable(format!(
                         "instance {name:?} is {} and on_demand_start is off",
@@ -158,7 +164,7 @@ impl Supervisor {
             }
         }
         loop {
-            let state = self.state_of(name)?.0;
+            let state = self.state_of(name)?;
             match state {
                 State::Ready => return Ok(started),
                 State::Failed | State::Stopped => {

@@ -3,6 +3,7 @@
 
 pub mod demand;
 pub mod logs;
+pub mod plan;
 pub mod policy;
 pub mod runtime;
 pub mod spec;

@@ -8,9 +8,8 @@
 //! `*_token`, `hf_token`) are redacted in API answers and log lines, and a redacted value sent
 //! back unchanged (GET, edit, PUT) keeps the stored one.
 
-use super::spec::InstanceOptions;
+use super::spec::{Flag, InstanceOptions, Scalar};
 use crate::config::{InstancesConfig, REDACTED};
-use serde_json::Value;
 
 /// Environment variables no instance may set unless `[instances] allow_unsafe_environment`.
 /// A trailing `*` matches a prefix.
@@ -114,34 +113,8 @@ pub fn redact_argv(argv: &[String]) -> Vec<String> {
     out
 }
 
-fn redact_list(v: &Value) -> Value {
-    match v {
-        Value::Array(items) => {
-            let strings: Vec<String> = items
-                .iter()
-                .map(|i| match i {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect();
-            let red = redact_argv(&strings);
-            Value::Array(
-                items
-                    .iter()
-                    .zip(red)
-                    .zip(&strings)
-                    .map(|((orig, r), s)| {
-                        if &r == s {
-                            orig.clone()
-                        } else {
-                            Value::String(r)
-                        }
-                    })
-                    .collect(),
-            )
-        }
-        other => other.clone(),
-    }
+fn has_redacted(l: &[String]) -> bool {
+    l.iter().any(|s| s.contains(REDACTED))
 }
 
 /// A copy fit to show: environment values and secret options replaced by `<redacted>`.
@@ -150,12 +123,17 @@ pub fn redacted(o: &InstanceOptions) -> InstanceOptions {
     for v in r.environment.values_mut() {
         *v = REDACTED.to_string();
     }
-    for (k, v) in r.backend_options.iter_mut() {
-        if is_secret_name(k) && !v.is_null() {
-            *v = Value::String(REDACTED.to_string());
-        } else if k == "extra_args" || k == "command" {
-            *v = redact_list(v);
+    let bo = &mut r.backend_options;
+    if let Some(k) = &mut bo.api_key {
+        *k = REDACTED.to_string();
+    }
+    for (k, v) in bo.flags.iter_mut() {
+        if is_secret_name(k) && *v != Flag::Null {
+            *v = Flag::One(Scalar::Str(REDACTED.to_string()));
         }
+    }
+    for l in [&mut bo.extra_args, &mut bo.command].into_iter().flatten() {
+        *l = redact_argv(l);
     }
     r
 }
@@ -175,25 +153,41 @@ pub fn keep_redacted(new: &mut InstanceOptions, old: &InstanceOptions) -> Result
                 .ok_or_else(|| missing(&format!("environment.{k}")))?;
         }
     }
-    for (k, v) in new.backend_options.iter_mut() {
-        let has_redacted = match v {
-            Value::String(s) => s == REDACTED,
-            Value::Array(items) => items
-                .iter()
-                .any(|i| i.as_str().is_some_and(|s| s.contains(REDACTED))),
+    let (nb, ob) = (&mut new.backend_options, &old.backend_options);
+    if nb.api_key.as_deref() == Some(REDACTED) {
+        nb.api_key = Some(
+            ob.api_key
+                .clone()
+                .ok_or_else(|| missing("backend_options.api_key"))?,
+        );
+    }
+    for (k, v) in nb.flags.iter_mut() {
+        let redacted = match v {
+            Flag::One(Scalar::Str(s)) => s == REDACTED,
+            Flag::List(items) => items.iter().any(|i| i.arg().contains(REDACTED)),
             _ => false,
         };
-        if !has_redacted {
+        if !redacted {
             continue;
         }
-        let stored = old.backend_options.get(k);
-        let keep = match (&*v, stored) {
-            (Value::String(_), Some(s)) if is_secret_name(k) => Some(s.clone()),
-            // A list is kept whole when it is the stored one with its secrets hidden.
-            (Value::Array(_), Some(s @ Value::Array(_))) if redact_list(s) == *v => Some(s.clone()),
-            _ => None,
+        *v = match (&*v, ob.flags.get(k)) {
+            (Flag::One(_), Some(stored)) if is_secret_name(k) => stored.clone(),
+            _ => return Err(missing(&format!("backend_options.{k}"))),
         };
-        *v = keep.ok_or_else(|| missing(&format!("backend_options.{k}")))?;
+    }
+    for (what, l, stored) in [
+        ("extra_args", &mut nb.extra_args, &ob.extra_args),
+        ("command", &mut nb.command, &ob.command),
+    ] {
+        let Some(list) = l else { continue };
+        if !has_redacted(list) {
+            continue;
+        }
+        // A list is kept whole when it is the stored one with its secrets hidden.
+        match stored {
+            Some(s) if redact_argv(s) == *list => *list = s.clone(),
+            _ => return Err(missing(&format!("backend_options.{what}"))),
+        }
     }
     Ok(())
 }
@@ -202,7 +196,7 @@ pub fn keep_redacted(new: &mut InstanceOptions, old: &InstanceOptions) -> Result
 mod tests {
     use super::*;
     use crate::config::BackendType;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn opts(v: Value) -> InstanceOptions {
         serde_json::from_value(v).unwrap()
@@ -290,10 +284,12 @@ mod tests {
         for secret in ["sk-1", "hf_2", "sk-3", "hf_4", "hf_5"] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
-        assert_eq!(r.backend_options["ctx_size"], 4);
-        assert_eq!(r.backend_options["model"], "/m.gguf");
+        let shown = r.backend_options.to_map();
+        assert_eq!(shown["ctx_size"], 4);
+        assert_eq!(shown["model"], "/m.gguf");
+        assert_eq!(shown["hf_token"], "<redacted>");
         assert_eq!(
-            r.backend_options["extra_args"],
+            shown["extra_args"],
             json!(["--api-key", "<redacted>", "--hf-token=<redacted>", "-v"])
         );
         assert_eq!(r.environment["OMP_NUM_THREADS"], "<redacted>");
@@ -332,15 +328,15 @@ mod tests {
             "backend_options": {"model": "/m.gguf", "api_key": "sk-1", "extra_args": ["--api-key", "sk-3"]},
             "environment": {"HF_TOKEN": "hf_5"}}));
         let mut new = redacted(&old);
-        new.backend_options.insert("ctx_size".into(), json!(8));
+        new.backend_options
+            .flags
+            .insert("ctx_size".into(), Flag::One(Scalar::Num(8.into())));
         keep_redacted(&mut new, &old).unwrap();
-        assert_eq!(new.backend_options["api_key"], "sk-1");
-        assert_eq!(
-            new.backend_options["extra_args"],
-            json!(["--api-key", "sk-3"])
-        );
+        let kept = new.backend_options.to_map();
+        assert_eq!(kept["api_key"], "sk-1");
+        assert_eq!(kept["extra_args"], json!(["--api-key", "sk-3"]));
         assert_eq!(new.environment["HF_TOKEN"], "hf_5");
-        assert_eq!(new.backend_options["ctx_size"], 8);
+        assert_eq!(kept["ctx_size"], 8);
 
         let mut orphan = redacted(&old);
         orphan.environment.insert("NEW".into(), REDACTED.into());
@@ -348,10 +344,8 @@ mod tests {
             .unwrap_err()
             .contains("environment.NEW"));
         let mut changed = redacted(&old);
-        changed.backend_options.insert(
-            "extra_args".into(),
-            json!(["--api-key", "<redacted>", "-v"]),
-        );
+        changed.backend_options.extra_args =
+            Some(vec!["--api-key".into(), "<redacted>".into(), "-v".into()]);
         assert!(keep_redacted(&mut changed, &old).is_err());
     }
 }

@@ -60,9 +60,17 @@ impl Store {
             let Some(name) = file.strip_suffix(".json") else {
                 continue;
             };
-            let parsed = fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()));
+            // An error names the field (`options.memory_max: ...`) as well as the line.
+            let parsed = fs::read(&path).map_err(|e| e.to_string()).and_then(|b| {
+                let mut de = serde_json::Deserializer::from_slice(&b);
+                serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
+                    let path = e.path().to_string();
+                    match path.as_str() {
+                        "" | "." => e.inner().to_string(),
+                        p => format!("{p}: {}", e.inner()),
+                    }
+                })
+            });
             match parsed {
                 Ok(spec) => ok.push((name.to_string(), spec)),
                 Err(error) => bad.push(Corrupt {

@@ -48,6 +48,24 @@ impl From<policy::Refusal> for OpError {
     }
 }
 
+/// An instance's health, as `GET /api/instances/{name}/health` shows it.
+#[derive(Clone, Debug)]
+pub struct InstanceHealth {
+    pub state: State,
+    pub health: Health,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+}
+
+/// An instance as a model of the proxy.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub name: String,
+    pub created: u64,
+    pub state: State,
+    pub aliases: Vec<String>,
+}
+
 /// What a start may do besides starting: `can_evict` (stop the least recently used instance
 /// under `max_running`). An API key's right of the same name limits it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,14 +169,27 @@ impl Supervisor {
                 "instance spec file cannot be read; skipped (fix or remove it)"
             );
         }
-        for (file_name, spec) in specs {
-            if spec.name != file_name || spec::validate_name(&spec.name).is_err() {
+        for (file_name, mut spec) in specs {
+            // A spec file goes through the same checks as a request: one edited by hand into
+            // something invalid is reported, like an unreadable one, and never started.
+            let problem = if spec.name != file_name || spec::validate_name(&spec.name).is_err() {
+                Some(format!(
+                    "file holds instance {:?}, not {file_name:?}",
+                    spec.name
+                ))
+            } else {
+                spec.options
+                    .normalise(&cfg)
+                    .err()
+                    .map(|e| format!("invalid spec: {e}"))
+            };
+            if let Some(error) = problem {
                 let c = Corrupt {
                     name: file_name.clone(),
                     path: store.path(&file_name),
-                    error: format!("file holds instance {:?}, not {file_name:?}", spec.name),
+                    error,
                 };
-                tracing::error!(path = %c.path.display(), error = %c.error, "instance spec file skipped");
+                tracing::error!(llamactl_instance = %c.name, path = %c.path.display(), error = %c.error, "instance spec file skipped (fix or remove it)");
                 table.corrupt.push(c);
                 continue;
             }
@@ -246,10 +277,37 @@ impl Supervisor {
             .ok_or_else(|| not_found(name))
     }
 
-    pub fn state_of(&self, name: &str) -> Result<(State, Value), OpError> {
+    /// An instance's state, without building its JSON view.
+    pub fn state_of(&self, name: &str) -> Result<State, OpError> {
         let t = self.table();
         let e = t.instances.get(name).ok_or_else(|| not_found(name))?;
-        Ok((e.state(), Self::view(e)))
+        Ok(e.state())
+    }
+
+    /// What the health endpoint of an instance reports.
+    pub fn health_of(&self, name: &str) -> Result<InstanceHealth, OpError> {
+        let t = self.table();
+        let e = t.instances.get(name).ok_or_else(|| not_found(name))?;
+        Ok(InstanceHealth {
+            state: e.state(),
+            health: e.health.clone(),
+            restarts: e.unit.n_restarts,
+            last_error: e.last_error.clone(),
+        })
+    }
+
+    /// Every instance as a model for `/v1/models`.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        self.table()
+            .instances
+            .values()
+            .map(|e| ModelInfo {
+                name: e.spec.name.clone(),
+                created: e.spec.created,
+                state: e.state(),
+                aliases: e.spec.options.model_aliases(),
+            })
+            .collect()
     }
 
     /// Prometheus HTTP service discovery: one target group per running instance whose backend
@@ -468,46 +526,18 @@ impl Supervisor {
         }
     }
 
-    /// The unit for an instance, from its spec and the config.
+    /// The unit for an instance, from its spec and the config (`plan.rs`).
     fn plan(&self, spec: &InstanceSpec) -> Result<TransientService, OpError> {
-        let o = &spec.options;
-        let mut argv = spec::command_line(o, &self.backends);
+        let cfg = super::plan::PlanConfig {
+            instances: &self.cfg,
+            backends: &self.backends,
+            slice: &self.slice,
+        };
         let path_var = std::env::var("PATH").ok();
-        let exe = spec::resolve_command(&argv[0], path_var.as_deref()).map_err(OpError::Failed)?;
-        argv[0] = exe.display().to_string();
-        let restart = o.auto_restart.unwrap_or(true) && o.max_restarts.unwrap_or(0) > 0;
-        let delay = o.restart_delay.unwrap_or(0).max(0) as u64;
-        let max_restarts = o.max_restarts.unwrap_or(0).clamp(0, 10_000) as u32;
-        let gpus = o.gpus.as_ref().is_some_and(|g| !g.is_empty());
-        Ok(TransientService {
-            unit: spec::unit_name(&spec.name),
-            description: format!("llamactl instance {} ({:?})", spec.name, o.backend_type),
-            slice: self.slice.clone(),
-            argv,
-            environment: spec::environment(&spec.name, o, &self.backends),
-            working_directory: o
-                .working_directory
-                .as_ref()
-                .map(|d| d.display().to_string()),
-            user: self.cfg.user.clone(),
-            memory_max: o
-                .memory_max
-                .as_ref()
-                .and_then(|m| spec::parse_bytes(m).ok()),
-            cpu_quota_per_sec_usec: o.cpu_quota.map(|q| (q * 10_000.0) as u64),
-            restart,
-            restart_usec: delay * 1_000_000,
-            // Every start counts, the first included: max_restarts restarts = max_restarts + 1
-            // starts. The window is wide enough that a crash loop always hits the limit.
-            start_limit_burst: max_restarts + 1,
-            start_limit_interval_usec: (600 + (u64::from(max_restarts) + 1) * (delay + 5))
-                * 1_000_000,
-            syslog_identifier: format!("llamactl-{}", spec.name),
-            log_extra_fields: vec![format!("LLAMACTL_INSTANCE={}", spec.name)],
-            timeout_stop_usec: self.cfg.stop_timeout.get().as_micros() as u64,
-            memory_deny_write_execute: o.backend_type == spec::BackendType::LlamaCpp && !gpus,
-            gpu_devices: gpus,
+        super::plan::plan(spec, &cfg, &|cmd| {
+            spec::resolve_command(cmd, path_var.as_deref())
         })
+        .map_err(OpError::Failed)
     }
 
     pub(super) async fn start_locked(&self, name: &str, rights: Rights) -> Result<(), OpError> {
@@ -519,7 +549,7 @@ impl Supervisor {
             .ok_or_else(|| not_found(name))?;
         let conn = self.connection()?;
         self.refresh(&conn, name).await?;
-        let state = self.state_of(name)?.0;
+        let state = self.state_of(name)?;
         if state.is_running() {
             return Err(OpError::Conflict(format!(
                 "instance {name:?} is already running ({state:?})"

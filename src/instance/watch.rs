@@ -92,7 +92,7 @@ impl Supervisor {
         for unit in &loaded {
             match spec::name_from_unit(unit) {
                 Some(n) if names.iter().any(|k| k == n) => {
-                    if let Ok((state, _)) = self.state_of(n) {
+                    if let Ok(state) = self.state_of(n) {
                         info!(llamactl_instance = n, state = ?state, "adopted running unit");
                     }
                 }

@@ -11,7 +11,6 @@ pub use upstream::idle_sweeper;
 
 use crate::http::AppState;
 use crate::instance::demand::{InFlight, Requester};
-use crate::instance::spec::InstanceOptions;
 use crate::instance::{OpError, Rights};
 use axum::extract::{Extension, Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -141,21 +140,18 @@ fn endpoint(path: &str) -> &'static str {
 async fn models(State(s): S, Extension(caller): Extension<CallerExt>) -> Json<serde_json::Value> {
     let data: Vec<_> = s
         .instances
-        .list()
+        .models()
         .into_iter()
-        .filter(|i| i["name"].as_str().is_some_and(|n| caller.0.may_use(n)))
-        .map(|i| {
-            let aliases = serde_json::from_value::<InstanceOptions>(i["options"].clone())
-                .map(|o| o.model_aliases())
-                .unwrap_or_default();
+        .filter(|m| caller.0.may_use(&m.name))
+        .map(|m| {
             json!({
-                "id": i["name"],
+                "id": m.name,
                 "object": "model",
-                "created": i["created"],
+                "created": m.created,
                 "owned_by": "llamactl",
-                "state": i["state"],
-                "status": i["status"],
-                "aliases": aliases,
+                "state": m.state,
+                "status": m.state.upstream_status(),
+                "aliases": m.aliases,
             })
         })
         .collect();
@@ -291,7 +287,7 @@ async fn direct(
     req: Request,
 ) -> Response {
     let started = Instant::now();
-    let (state, _) = match s.instances.state_of(&name) {
+    let state = match s.instances.state_of(&name) {
         Ok(v) => v,
         Err(e) => return op_error(e),
     };

@@ -1,8 +1,9 @@
 use super::*;
-use serde_json::json;
+use crate::config::BackendsConfig;
+use serde_json::{json, Value};
 
 fn opts(v: Value) -> Result<InstanceOptions, String> {
-    let mut o: InstanceOptions = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    let mut o: InstanceOptions = parse_options(&serde_json::to_vec(&v).unwrap())?;
     o.normalise(&InstancesConfig::default())?;
     Ok(o)
 }
@@ -48,10 +49,10 @@ fn llama_options_map_to_flags_with_defaults_filled() {
         "gpus": [0, 1]
     }))
     .unwrap();
-    assert_eq!(o.backend_options["model"], "/m/smol.gguf");
+    assert_eq!(o.backend_options.model.as_deref(), Some("/m/smol.gguf"));
     assert_eq!(o.auto_restart, Some(true));
-    assert_eq!(o.max_restarts, Some(3));
-    assert_eq!(o.restart_delay, Some(5));
+    assert_eq!(o.max_restarts, Restarts::new(3));
+    assert_eq!(o.restart_delay, DelaySeconds::new(5));
     let argv = command_line(&o, &BackendsConfig::default());
     assert_eq!(
         argv,
@@ -149,6 +150,34 @@ fn invalid_specs_name_the_field() {
             "backend_options.model",
         ),
         (
+            json!({"backend_type": "llama_cpp", "backend_options": {"model": "/m", "port": "80"}}),
+            "backend_options.port",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"model": "/m", "host": "evil.example"}}),
+            "backend_options.host",
+        ),
+        (
+            json!({"backend_type": "command", "backend_options": {"command": ["/x"], "health_path": "ready"}}),
+            "backend_options.health_path",
+        ),
+        (
+            json!({"backend_type": "command", "backend_options": {"command": ["/x", {"a": 1}]}}),
+            "backend_options.command",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"model": "/m\0x"}}),
+            "backend_options.model",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"m": 5}}),
+            "backend_options.model",
+        ),
+        (
+            json!({"backend_type": "llama_cpp", "backend_options": {"m": "/a", "model": "/b"}}),
+            "both",
+        ),
+        (
             json!({"backend_type": "llama_cpp", "backend_options": {"model": "/m"}, "environment": {"A B": "1"}}),
             "environment",
         ),
@@ -174,12 +203,55 @@ fn invalid_specs_name_the_field() {
     assert!(e.contains("unknown field"), "{e}");
 }
 
+/// The typed options are written back as upstream's flat object, as their author wrote them.
 #[test]
-fn sizes() {
-    assert_eq!(parse_bytes(&json!("8G")).unwrap(), 8 << 30);
-    assert_eq!(parse_bytes(&json!("512m")).unwrap(), 512 << 20);
-    assert_eq!(parse_bytes(&json!(1000)).unwrap(), 1000);
-    assert!(parse_bytes(&json!("-1G")).is_err());
+fn backend_options_round_trip() {
+    let v = json!({"backend_type": "llama_cpp", "backend_options": {
+        "model": "/m.gguf", "port": 8100, "host": "::1", "alias": "a,b", "api_key": "k",
+        "metrics": false, "extra_args": ["-v"], "ctx_size": 2048, "rope_scale": 0.5,
+        "flash_attn": true, "lora": ["/a", 2], "seed": null},
+        "memory_max": "8G", "cpu_quota": 150, "gpus": [0, "GPU-ab"], "idle_timeout": 5});
+    let o: InstanceOptions = parse_options(&serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_eq!(serde_json::to_value(&o).unwrap(), v);
+    assert_eq!(o.backend_options.port, Some(8100));
+    assert_eq!(o.connect_addr().as_deref(), Some("[::1]:8100"));
+    assert_eq!(o.model_aliases(), ["a", "b"]);
+    assert_eq!(o.backend_key(), Some("k"));
+    assert_eq!(o.metrics_path(), None);
+    assert_eq!(o.memory_max.as_ref().map(ByteSize::bytes), Some(8 << 30));
+    // port 0 means "assign one".
+    let o = opts(json!({"backend_type": "vllm", "backend_options": {"model": "m", "port": 0}}))
+        .unwrap();
+    assert_eq!(o.port(), None);
+}
+
+/// The inputs that once panicked the daemon are refused, naming the field.
+#[test]
+fn numbers_that_would_overflow_are_refused() {
+    let base = |extra: Value| {
+        let mut v = json!({"backend_type": "llama_cpp", "backend_options": {"model": "/m"}});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    for (extra, field) in [
+        (
+            json!({"restart_delay": 9223372036854775807u64}),
+            "restart_delay",
+        ),
+        (json!({"restart_delay": -5}), "restart_delay"),
+        (json!({"idle_timeout": 1e20}), "idle_timeout"),
+        (json!({"max_restarts": 100000}), "max_restarts"),
+        (json!({"memory_max": "99999999999T"}), "memory_max"),
+        (json!({"gpus": [1e3]}), "gpus"),
+    ] {
+        let v = base(extra);
+        let e = serde_path_to_error::deserialize::<_, InstanceOptions>(v.clone())
+            .map_err(|e| e.to_string())
+            .unwrap_err();
+        assert!(e.starts_with(field), "{v}: {e}");
+    }
 }
 
 #[test]
