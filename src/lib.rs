@@ -1,8 +1,11 @@
 //! llamactl: run local LLM servers as systemd units and make them observable.
 //!
-//! The modules follow the data flow: `config` → `systemd` (the manager over D-Bus) → `host` facts
-//! (procfs, cgroups) → `metrics` / `http` (health, `/metrics`) → `daemon` (wires it together under
-//! systemd's notify protocol). `cli` is the `llamactl` client. The binaries in `src/bin/` are thin.
+//! Layers, each using only those below it (checked by `layering.rs`): `host`/`fsutil` (machine
+//! facts, atomic files) → `config` → `stats` (cgroup and procfs readers), `systemd` (the manager
+//! over D-Bus), `auth`, `logging` → `instance` (specs, units, supervisor), `metrics` → `proxy`
+//! (the OpenAI-compatible front door), `audit` → `http` (routes, guard) → `daemon` (wires it
+//! together under systemd's notify protocol) and `cli` (the `llamactl` client). The binaries in
+//! `src/bin/` are thin.
 
 pub mod audit;
 pub mod auth;
@@ -13,6 +16,7 @@ pub mod fsutil;
 pub mod host;
 pub mod http;
 pub mod instance;
+pub mod layering;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -401,3 +401,47 @@ fn reconnects_after_the_bus_restarts() {
     assert_eq!(get(port, "/api/health").status, 200);
     d.wait_log("systemd manager unreachable");
 }
+
+/// A reload reaches the supervisor (its `[instances]` copy is replaced; new creates use it) and
+/// names the changed settings that wait for a restart.
+#[test]
+fn sighup_reaches_the_instances_and_names_restart_only_keys() {
+    unit_test!();
+    let port = free_port();
+    let d = DaemonUnit::install(
+        "reloadinst",
+        port,
+        "[instances]\nallowed_backends = [\"command\"]\n",
+        "",
+    );
+    d.start();
+    let spec = serde_json::json!({"backend_type": "command", "backend_options": {"command": ["/bin/true"]}});
+    let create = |name: &str| {
+        crate::util::api(
+            "POST",
+            port,
+            &format!("/api/v1/instances/{name}"),
+            Some(spec.clone()),
+        )
+    };
+    assert_eq!(create("rlone").status, 201);
+    d.rewrite_config(
+        "workers = 3\n[instances]\nallowed_backends = [\"command\"]\nmax_instances = 1\n",
+    );
+    d.sb.ok(&["systemctl", "reload", &d.unit]);
+    let e = d.wait_log("take effect on restart");
+    assert_eq!(e["KEYS"], "server.workers", "{e}");
+    d.wait_log("configuration reloaded");
+    let r = create("rltwo");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("max_instances"), "{}", r.body);
+    // And back: the limit is lifted without a restart.
+    d.rewrite_config("workers = 3\n[instances]\nallowed_backends = [\"command\"]\n");
+    d.sb.ok(&["systemctl", "reload", &d.unit]);
+    wait_for("the limit lifted", Duration::from_secs(10), || {
+        (create("rltwo").status == 201).then_some(())
+    });
+    for name in ["rlone", "rltwo"] {
+        crate::util::api("DELETE", port, &format!("/api/v1/instances/{name}"), None);
+    }
+}

@@ -407,43 +407,5 @@ impl Auditor {
     }
 }
 
-/// The dotted keys whose values differ between two configs (for `config.update`). Secrets
-/// serialise as `<redacted>`, so a section whose only change is a secret is named as a whole.
-pub fn changed_keys<T: Serialize + PartialEq>(old: &T, new: &T) -> Vec<String> {
-    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-        use serde_json::Value::Object;
-        match (a, b) {
-            (Object(x), Object(y)) => {
-                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                for k in keys {
-                    let p = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    let null = serde_json::Value::Null;
-                    walk(
-                        &p,
-                        x.get(k).unwrap_or(&null),
-                        y.get(k).unwrap_or(&null),
-                        out,
-                    );
-                }
-            }
-            _ if a != b => out.push(prefix.to_string()),
-            _ => {}
-        }
-    }
-    let (Ok(a), Ok(b)) = (serde_json::to_value(old), serde_json::to_value(new)) else {
-        return vec!["(the config)".into()];
-    };
-    let mut out = Vec::new();
-    walk("", &a, &b, &mut out);
-    if out.is_empty() && old != new {
-        out.push("(a secret)".into());
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests;

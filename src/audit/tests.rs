@@ -134,34 +134,3 @@ fn an_off_trail_records_nothing_and_admits_everything() {
     assert!(!d.join("audit.log").exists());
     assert!(a.query(&Query::default()).is_none());
 }
-
-#[test]
-fn changed_keys_name_what_changed() {
-    let old = crate::config::Config::default();
-    let mut new = old.clone();
-    assert!(changed_keys(&old, &new).is_empty());
-    new.server.port = 9000;
-    new.instances.max_running = 2;
-    new.rate_limit.inference.requests_per_second = Some(5.0);
-    assert_eq!(
-        changed_keys(&old, &new),
-        [
-            "instances.max_running",
-            "rate_limit.inference.requests_per_second",
-            "server.port"
-        ]
-    );
-    let mut secret = old.clone();
-    secret
-        .telemetry
-        .otlp
-        .headers
-        .insert("authorization".into(), crate::config::Secret::new("x"));
-    let mut secret2 = secret.clone();
-    secret2
-        .telemetry
-        .otlp
-        .headers
-        .insert("authorization".into(), crate::config::Secret::new("y"));
-    assert_eq!(changed_keys(&secret, &secret2), ["(a secret)"]);
-}

@@ -5,6 +5,8 @@ mod audit;
 pub mod auth;
 mod duration;
 mod env;
+mod live;
+pub mod reload;
 mod secret;
 pub mod time;
 mod types;
@@ -17,6 +19,8 @@ pub use auth::{
 };
 pub use duration::{parse_duration, HumanDuration};
 pub use env::{Env, MapEnv, ProcessEnv};
+pub use live::Live;
+pub use reload::{changed_keys, restart_only_changes, Reload};
 pub use secret::{Secret, REDACTED};
 pub use types::*;
 pub use validate::{is_loopback, split_authority};

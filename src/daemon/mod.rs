@@ -10,7 +10,7 @@ use crate::config::{self, Env as _, Loaded, ProcessEnv};
 use crate::host::HostPaths;
 use crate::http::{self, AppState};
 use crate::instance::store::Store;
-use crate::instance::Supervisor;
+use crate::instance::{Settings, Supervisor};
 use crate::logging::{self, Logging};
 use crate::metrics::Metrics;
 use crate::stats::gpu;
@@ -120,8 +120,7 @@ async fn serve(
     let store = Store::open(&state_dir).context("opening the instance store")?;
     let instances = Supervisor::open(
         store,
-        cfg.instances.clone(),
-        cfg.backends.clone(),
+        Settings::from_config(&cfg),
         cfg.systemd.slice.clone(),
         listen.port(),
         monitor.connection.clone(),
@@ -156,7 +155,7 @@ async fn serve(
         }
     });
     instances.spawn_background(shutdown_rx.clone());
-    instances.spawn_idle_stopper(cfg.proxy.idle_check_interval.get(), shutdown_rx.clone());
+    instances.spawn_idle_stopper(shutdown_rx.clone());
     let state = Arc::new(AppState::new(
         loaded,
         monitor.clone(),
@@ -169,11 +168,16 @@ async fn serve(
         logging.output,
     ));
     let app = http::app(state.clone());
+    // Kept-alive backend connections are per worker thread; so is their sweep.
+    let on_worker: http::serve::OnWorker = Arc::new(|| {
+        tokio::spawn(crate::proxy::idle_sweeper());
+    });
     let server = http::serve::Server::start(
         listener,
         unix,
         app,
         cfg.server.worker_threads(),
+        on_worker,
         shutdown_rx.clone(),
     )
     .context("starting the HTTP workers")?;

@@ -1,60 +1,15 @@
 //! SIGHUP: re-read the config. A broken file changes nothing (the old config stays in force and
 //! the error is logged and shown in `/api/system/health`). Settings bound at start (listen
-//! address, outputs, the bus) are reported as needing a restart rather than half-applied.
+//! address, outputs, the bus) are reported as needing a restart rather than half-applied; which
+//! those are is `config::reload::RELOAD`. The rest applies at once: the supervisor gets its new
+//! settings, the proxy and the router read theirs per request.
 
 use super::Daemon;
 use crate::audit::hook::DAEMON;
 use crate::audit::{Event, EventKind};
-use crate::config::{self, Config, Env as _, ProcessEnv};
+use crate::config::{self, Env as _, ProcessEnv};
+use crate::instance::Settings;
 use tracing::{error, info, warn};
-
-/// Keys whose new value only takes effect on restart.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    let mut check = |changed: bool, key: &'static str| {
-        if changed {
-            v.push(key);
-        }
-    };
-    check(old.server.host != new.server.host, "server.host");
-    check(old.server.port != new.server.port, "server.port");
-    check(
-        old.server.state_dir != new.server.state_dir,
-        "server.state_dir",
-    );
-    check(
-        old.server.request_timeout != new.server.request_timeout,
-        "server.request_timeout",
-    );
-    check(
-        old.server.max_body_bytes != new.server.max_body_bytes,
-        "server.max_body_bytes",
-    );
-    check(old.server.workers != new.server.workers, "server.workers");
-    check(
-        old.monitoring.prometheus.path != new.monitoring.prometheus.path,
-        "monitoring.prometheus.path",
-    );
-    check(
-        old.monitoring.collection_interval != new.monitoring.collection_interval,
-        "monitoring.collection_interval",
-    );
-    check(old.logging.output != new.logging.output, "logging.output");
-    check(
-        old.logging.destinations != new.logging.destinations,
-        "logging.destinations",
-    );
-    check(old.systemd != new.systemd, "systemd");
-    check(old.server.socket != new.server.socket, "server.socket");
-    check(
-        old.auth.socket_group != new.auth.socket_group,
-        "auth.socket_group",
-    );
-    // The supervisor keeps the copies it was started with.
-    check(old.instances != new.instances, "instances");
-    check(old.backends != new.backends, "backends");
-    v
-}
 
 impl Daemon {
     /// SIGHUP: re-reads the config, then reopens the audit file (logrotate's `postrotate`
@@ -108,7 +63,11 @@ impl Daemon {
         self.state
             .metrics
             .set_groups(new.config.monitoring.metrics.clone());
-        let restart = restart_only_changes(&old.config, &new.config);
+        // The supervisor's copy: new creates, starts, probes and idle checks use it.
+        self.state
+            .instances
+            .set_settings(Settings::from_config(&new.config));
+        let restart = config::restart_only_changes(&old.config, &new.config);
         if !restart.is_empty() {
             warn!(
                 component = "config",
@@ -116,7 +75,7 @@ impl Daemon {
                 "changed settings take effect on restart"
             );
         }
-        let changed = crate::audit::changed_keys(&old.config, &new.config);
+        let changed = config::changed_keys(&old.config, &new.config);
         info!(component = "config", config = %new, level = new.config.logging.level.as_str(), changed = %changed.join(", "), "configuration reloaded");
         self.state.set_config(new);
         self.state.update_reload(|r| {
@@ -125,24 +84,5 @@ impl Daemon {
             r.reloads_ok += 1;
         });
         Ok(changed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restart_only_keys_are_named() {
-        let old = Config::default();
-        let mut new = old.clone();
-        assert!(restart_only_changes(&old, &new).is_empty());
-        new.server.port = 9000;
-        new.logging.level = crate::config::LogLevel::Debug;
-        new.systemd.slice = "other.slice".into();
-        assert_eq!(
-            restart_only_changes(&old, &new),
-            vec!["server.port", "systemd"]
-        );
     }
 }

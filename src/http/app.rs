@@ -120,7 +120,8 @@ impl Service<Request> for App {
             let need = Need::Scope(Scope::Inference);
             let mut res = match guard::check(&state, &peer, need, route, &req) {
                 Ok(checked) => {
-                    let res = crate::proxy::model_request(&state, req, &*checked.caller).await;
+                    let res =
+                        crate::proxy::model_request(&state.proxy, req, &*checked.caller).await;
                     checked.decorate(res)
                 }
                 Err(answer) => *answer,

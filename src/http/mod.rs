@@ -44,8 +44,6 @@ pub fn router(state: Arc<AppState>) -> Router {
     let timeout = server.request_timeout.get();
     let max_body = server.max_body_bytes;
 
-    let proxy_max = cfg.config.proxy.max_body_bytes;
-
     // The management API: JSON errors, a request deadline, a small body limit.
     let api = Router::new()
         .route("/api/health/live", get(health::live))
@@ -68,16 +66,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             max_body,
             error::limit_declared_body,
         ));
-    // The model proxy: its own (larger) body limit, no deadline (generations stream for
-    // minutes), and the backend's responses passed through untouched.
-    let proxy = crate::proxy::routes()
-        .layer(DefaultBodyLimit::max(
-            usize::try_from(proxy_max).unwrap_or(usize::MAX),
-        ))
-        .layer(middleware::from_fn_with_state(
-            proxy_max,
-            error::limit_declared_body,
-        ));
+    // The model proxy: its own (larger) body limit, read per request from `[proxy]` so a
+    // reload changes it; no deadline (generations stream for minutes), and the backend's
+    // responses passed through untouched.
+    let proxy = crate::proxy::routes::<AppState>();
 
     // Layers run bottom-up for requests: the request id is set first, so every later layer and
     // the handler see it; the metrics observer sees the final status after JSON rewriting and

@@ -40,6 +40,10 @@ pub struct Server {
     done: Vec<oneshot::Receiver<io::Result<()>>>,
 }
 
+/// Run on each worker thread's runtime before it serves (the daemon starts per-thread
+/// background tasks there, such as the proxy's idle-connection sweep).
+pub type OnWorker = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 impl Server {
     /// Starts `workers` threads (at least one) serving `app` on connections from `listener`,
     /// until `shutdown` turns true; then they stop accepting and finish what is in flight.
@@ -48,6 +52,7 @@ impl Server {
         unix: Option<UnixListener>,
         app: MakeApp,
         workers: usize,
+        on_worker: OnWorker,
         shutdown: watch::Receiver<bool>,
     ) -> io::Result<Self> {
         let local = listener.local_addr()?;
@@ -62,11 +67,14 @@ impl Server {
                 .build()?;
             let app = app.clone();
             let mut stop = shutdown.clone();
+            let on_worker = on_worker.clone();
             std::thread::Builder::new()
                 .name(format!("llamactld-http{i}"))
                 .spawn(move || {
-                    // Kept-alive backend connections are per worker thread; so is their sweep.
-                    runtime.spawn(crate::proxy::idle_sweeper());
+                    {
+                        let _in = runtime.enter();
+                        on_worker();
+                    }
                     let listener = Handoff { rx, local };
                     let served = runtime.block_on(
                         axum::serve(listener, app)

@@ -2,10 +2,11 @@
 
 use crate::audit::Auditor;
 use crate::auth::Auth;
-use crate::config::Loaded;
+use crate::config::{Live, Loaded};
 use crate::host::HostPaths;
 use crate::instance::Supervisor;
 use crate::metrics::Metrics;
+use crate::proxy::{HasProxy, Proxy};
 use crate::systemd::Monitor;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -23,11 +24,12 @@ pub struct ReloadStatus {
 }
 
 pub struct AppState {
-    config: RwLock<Arc<Loaded>>,
+    config: Live<Loaded>,
     pub reload: RwLock<ReloadStatus>,
     pub systemd: Monitor,
     pub metrics: Arc<Metrics>,
     pub instances: Arc<Supervisor>,
+    pub proxy: Proxy,
     pub auth: Arc<Auth>,
     pub audit: Arc<Auditor>,
     pub host: HostPaths,
@@ -50,8 +52,14 @@ impl AppState {
         state_dir: PathBuf,
         log_output: &'static str,
     ) -> Self {
+        let proxy = Proxy::new(
+            instances.clone(),
+            metrics.proxy.clone(),
+            loaded.config.proxy.clone(),
+        );
         Self {
-            config: RwLock::new(Arc::new(loaded)),
+            proxy,
+            config: Live::new(loaded),
             reload: RwLock::new(ReloadStatus::default()),
             systemd,
             metrics,
@@ -68,18 +76,13 @@ impl AppState {
 
     /// The config in force. Cheap: an `Arc` clone under a read lock held for no time.
     pub fn config(&self) -> Arc<Loaded> {
-        match self.config.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.config.get()
     }
 
+    /// Replaces the config in force; the proxy gets its `[proxy]`.
     pub fn set_config(&self, loaded: Loaded) {
-        let mut g = match self.config.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *g = Arc::new(loaded);
+        self.proxy.set_config(loaded.config.proxy.clone());
+        self.config.set(loaded);
     }
 
     pub fn reload_status(&self) -> ReloadStatus {
@@ -95,5 +98,11 @@ impl AppState {
             Err(poisoned) => poisoned.into_inner(),
         };
         f(&mut g);
+    }
+}
+
+impl HasProxy for AppState {
+    fn proxy(&self) -> &Proxy {
+        &self.proxy
     }
 }

@@ -186,7 +186,7 @@ impl Supervisor {
     /// (when `may_evict`; otherwise only a free slot will do). Called with the operations lock
     /// held (from `start_locked`).
     pub(super) async fn make_room(&self, name: &str, may_evict: bool) -> Result<(), OpError> {
-        let max = self.cfg.max_running as usize;
+        let max = self.settings().instances.max_running as usize;
         if max == 0 {
             return Ok(());
         }
@@ -238,14 +238,12 @@ impl Supervisor {
     }
 
     /// Stops instances whose `idle_timeout` has passed without a request.
-    pub fn spawn_idle_stopper(
-        self: &Arc<Self>,
-        every: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub fn spawn_idle_stopper(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
+                // `[proxy] idle_check_interval`, read each round: a reload changes it.
+                let every = me.settings().idle_check_interval;
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = shutdown.changed() => return,

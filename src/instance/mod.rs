@@ -11,4 +11,4 @@ pub mod store;
 pub mod supervisor;
 mod watch;
 
-pub use supervisor::{OpError, Rights, Supervisor};
+pub use supervisor::{OpError, Rights, Settings, Supervisor};

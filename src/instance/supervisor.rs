@@ -122,10 +122,30 @@ pub(super) struct Table {
     pub orphans: BTreeSet<String>,
 }
 
+/// What the supervisor takes from the config. Replaced whole on reload (SIGHUP) and read once
+/// per operation, so new creates, starts, probes and requests use the new values while an
+/// operation under way keeps the ones it began with.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settings {
+    pub instances: InstancesConfig,
+    pub backends: BackendsConfig,
+    /// `[proxy] idle_check_interval`: how often idle instances are looked for.
+    pub idle_check_interval: std::time::Duration,
+}
+
+impl Settings {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Self {
+            instances: c.instances.clone(),
+            backends: c.backends.clone(),
+            idle_check_interval: c.proxy.idle_check_interval.get(),
+        }
+    }
+}
+
 pub struct Supervisor {
     pub(super) store: Store,
-    pub(super) cfg: InstancesConfig,
-    backends: BackendsConfig,
+    settings: crate::config::Live<Settings>,
     slice: String,
     daemon_port: u16,
     pub(super) conn: watch::Receiver<Option<Connection>>,
@@ -142,6 +162,18 @@ pub struct Supervisor {
     hook: std::sync::OnceLock<Arc<dyn super::demand::Lifecycle>>,
 }
 
+impl Supervisor {
+    /// The settings in force (an `Arc` clone under a read lock held for no time).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.get()
+    }
+
+    /// Applies reloaded settings: new operations use them.
+    pub fn set_settings(&self, s: Settings) {
+        self.settings.set(s);
+    }
+}
+
 fn now() -> u64 {
     crate::systemd::unix_now()
 }
@@ -150,8 +182,7 @@ impl Supervisor {
     /// Loads every spec; corrupt files are logged and kept aside.
     pub fn open(
         store: Store,
-        cfg: InstancesConfig,
-        backends: BackendsConfig,
+        settings: Settings,
         slice: String,
         daemon_port: u16,
         conn: watch::Receiver<Option<Connection>>,
@@ -179,7 +210,7 @@ impl Supervisor {
                 ))
             } else {
                 spec.options
-                    .normalise(&cfg)
+                    .normalise(&settings.instances)
                     .err()
                     .map(|e| format!("invalid spec: {e}"))
             };
@@ -203,8 +234,7 @@ impl Supervisor {
         );
         Ok(Arc::new(Self {
             store,
-            cfg,
-            backends,
+            settings: crate::config::Live::new(settings),
             slice,
             daemon_port,
             conn,
@@ -362,7 +392,7 @@ impl Supervisor {
             }
             return Ok(p);
         }
-        let [lo, hi] = self.cfg.port_range;
+        let [lo, hi] = self.settings().instances.port_range;
         (lo..=hi)
             .find(|p| *p != self.daemon_port && !taken.contains_key(p) && port_free(host, *p))
             .ok_or_else(|| {
@@ -374,8 +404,11 @@ impl Supervisor {
 
     pub async fn create(&self, name: &str, mut options: InstanceOptions) -> Result<Value, OpError> {
         spec::validate_name(name).map_err(OpError::BadRequest)?;
-        options.normalise(&self.cfg).map_err(OpError::BadRequest)?;
-        policy::check(&options, &self.cfg)?;
+        let settings = self.settings();
+        options
+            .normalise(&settings.instances)
+            .map_err(OpError::BadRequest)?;
+        policy::check(&options, &settings.instances)?;
         let _op = self.ops.lock().await;
         {
             let t = self.table();
@@ -384,7 +417,7 @@ impl Supervisor {
                     "instance {name:?} already exists"
                 )));
             }
-            let max = self.cfg.max_instances as usize;
+            let max = settings.instances.max_instances as usize;
             if t.instances.len() + t.corrupt.len() >= max {
                 return Err(OpError::Forbidden(format!(
                     "{max} instances exist already ([instances] max_instances); delete one first"
@@ -432,8 +465,11 @@ impl Supervisor {
             policy::keep_redacted(&mut options, &e.spec.options).map_err(OpError::BadRequest)?;
             (e.spec.options.port(), e.state().is_running())
         };
-        options.normalise(&self.cfg).map_err(OpError::BadRequest)?;
-        policy::check(&options, &self.cfg)?;
+        let settings = self.settings();
+        options
+            .normalise(&settings.instances)
+            .map_err(OpError::BadRequest)?;
+        policy::check(&options, &settings.instances)?;
         let port = self.assign_port(name, options.port().or(old_port), options.host())?;
         options.set_port(port);
         if running {
@@ -464,7 +500,7 @@ impl Supervisor {
         }
         let conn = self.connection()?;
         let unit = spec::unit_name(name);
-        units::stop(&conn, &unit, self.cfg.job_timeout.get())
+        units::stop(&conn, &unit, self.settings().instances.job_timeout.get())
             .await
             .map_err(|e| OpError::Failed(format!("stopping {unit}: {e}")))?;
         units::reset_failed(&conn, &unit)
@@ -528,9 +564,10 @@ impl Supervisor {
 
     /// The unit for an instance, from its spec and the config (`plan.rs`).
     fn plan(&self, spec: &InstanceSpec) -> Result<TransientService, OpError> {
+        let settings = self.settings();
         let cfg = super::plan::PlanConfig {
-            instances: &self.cfg,
-            backends: &self.backends,
+            instances: &settings.instances,
+            backends: &settings.backends,
             slice: &self.slice,
         };
         let path_var = std::env::var("PATH").ok();
@@ -557,7 +594,7 @@ impl Supervisor {
         }
         // Checked again at every start: a spec file edited by hand, or one created before the
         // operator tightened the policy, gets no further than one from the API.
-        if let Err(e) = policy::check(&spec.options, &self.cfg) {
+        if let Err(e) = policy::check(&spec.options, &self.settings().instances) {
             let e = OpError::from(e);
             self.record_error(name, Some(e.to_string()));
             return Err(e);
@@ -581,7 +618,8 @@ impl Supervisor {
             .await
             .map_err(|e| OpError::Failed(e.to_string()))?;
         info!(llamactl_instance = name, unit = %plan.unit, argv = %policy::redact_argv(&plan.argv).join(" "), "starting instance");
-        let started = units::start_transient(&conn, &plan, self.cfg.job_timeout.get()).await;
+        let started =
+            units::start_transient(&conn, &plan, self.settings().instances.job_timeout.get()).await;
         let _ = self.refresh(&conn, name).await;
         match started {
             Ok(()) => {
@@ -605,7 +643,7 @@ impl Supervisor {
         let conn = self.connection()?;
         self.set_desired(name, DesiredState::Stopped)?;
         let unit = spec::unit_name(name);
-        let stopped = units::stop(&conn, &unit, self.cfg.job_timeout.get()).await;
+        let stopped = units::stop(&conn, &unit, self.settings().instances.job_timeout.get()).await;
         if stopped.is_ok() {
             let _ = units::reset_failed(&conn, &unit).await;
         }

@@ -123,12 +123,13 @@ impl Supervisor {
     async fn probe_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let client: Client<HttpConnector, Empty<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
-        let slow = self.cfg.health_check_interval.get();
-        let mut last_slow = tokio::time::Instant::now() - slow;
+        let mut last_slow: Option<tokio::time::Instant> = None;
         loop {
-            let due_slow = last_slow.elapsed() >= slow;
+            // Read each round: a reload changes it.
+            let slow = self.settings().instances.health_check_interval.get();
+            let due_slow = last_slow.is_none_or(|t| t.elapsed() >= slow);
             if due_slow {
-                last_slow = tokio::time::Instant::now();
+                last_slow = Some(tokio::time::Instant::now());
             }
             let targets: Vec<(String, String)> = self
                 .table()

@@ -9,9 +9,10 @@ mod upstream;
 
 pub use upstream::idle_sweeper;
 
-use crate::http::AppState;
+use crate::config::{Live, ProxyConfig};
 use crate::instance::demand::{InFlight, Requester};
-use crate::instance::{OpError, Rights};
+use crate::instance::{OpError, Rights, Supervisor};
+use crate::metrics::proxy::ProxyMetrics;
 use axum::extract::{Extension, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +23,41 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
-type S = State<Arc<AppState>>;
+/// What the proxy works with: the instances, its metrics, and `[proxy]` (replaced on reload,
+/// read once per request).
+pub struct Proxy {
+    pub instances: Arc<Supervisor>,
+    metrics: ProxyMetrics,
+    config: Live<ProxyConfig>,
+}
+
+impl Proxy {
+    pub fn new(instances: Arc<Supervisor>, metrics: ProxyMetrics, config: ProxyConfig) -> Self {
+        Self {
+            instances,
+            metrics,
+            config: Live::new(config),
+        }
+    }
+
+    /// `[proxy]` in force.
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        self.config.get()
+    }
+
+    /// Applies a reloaded `[proxy]`: the next request uses it.
+    pub fn set_config(&self, c: ProxyConfig) {
+        self.config.set(c);
+    }
+}
+
+/// The state of a router that serves the proxy's routes: anything that holds a `Proxy` (the
+/// HTTP layer's state, which depends on this module, not the reverse).
+pub trait HasProxy: Send + Sync + 'static {
+    fn proxy(&self) -> &Proxy;
+}
+
+type S<T> = State<Arc<T>>;
 
 /// Who sends a proxied request, as far as the proxy cares: which instances it may use, its
 /// rights and start admission (`Requester`), and where its token counts go. Decided above this
@@ -64,12 +99,12 @@ impl Caller for Unrestricted {
     }
 }
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes<T: HasProxy>() -> Router<Arc<T>> {
     Router::new()
-        .route("/v1/models", get(models))
-        .route("/v1/{*rest}", post(by_model))
-        .route("/infill", post(by_model))
-        .route("/api/v1/instances/{name}/proxy/{*path}", any(direct))
+        .route("/v1/models", get(models::<T>))
+        .route("/v1/{*rest}", post(by_model::<T>))
+        .route("/infill", post(by_model::<T>))
+        .route("/api/v1/instances/{name}/proxy/{*path}", any(direct::<T>))
 }
 
 /// OpenAI's error shape.
@@ -137,8 +172,12 @@ fn endpoint(path: &str) -> &'static str {
 }
 
 /// `GET /v1/models`: every instance the caller may use as a model, with its state.
-async fn models(State(s): S, Extension(caller): Extension<CallerExt>) -> Json<serde_json::Value> {
+async fn models<T: HasProxy>(
+    State(s): S<T>,
+    Extension(caller): Extension<CallerExt>,
+) -> Json<serde_json::Value> {
     let data: Vec<_> = s
+        .proxy()
         .instances
         .models()
         .into_iter()
@@ -158,8 +197,25 @@ async fn models(State(s): S, Extension(caller): Extension<CallerExt>) -> Json<se
     Json(json!({"object": "list", "data": data}))
 }
 
-/// The request body, up to `[proxy] max_body_bytes` (413 in OpenAI's shape beyond).
-async fn read_limited(max: u64, body: axum::body::Body) -> Result<axum::body::Bytes, Response> {
+/// The request body, up to `[proxy] max_body_bytes` (413 in OpenAI's shape beyond; a declared
+/// length over it is refused before anything is read).
+async fn read_limited(
+    max: u64,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<axum::body::Bytes, Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&l| l > max) {
+        return Err(oai_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("request body of {len} bytes is over the limit of {max} bytes"),
+        ));
+    }
     forward::read_body(body, usize::try_from(max).unwrap_or(usize::MAX))
         .await
         .map_err(|e| {
@@ -178,30 +234,21 @@ struct ModelField {
 }
 
 /// `POST /v1/*` through the router (the daemon's front door calls `model_request` directly).
-async fn by_model(State(s): S, Extension(caller): Extension<CallerExt>, req: Request) -> Response {
-    model_request(&s, req, &*caller.0).await
+async fn by_model<T: HasProxy>(
+    State(s): S<T>,
+    Extension(caller): Extension<CallerExt>,
+    req: Request,
+) -> Response {
+    model_request(s.proxy(), req, &*caller.0).await
 }
 
 /// A model request: routed by its `model` field, started on demand, forwarded. An instance the
 /// caller may not use answers exactly as an unknown model would, so names do not leak.
-pub async fn model_request(s: &AppState, req: Request, caller: &dyn Caller) -> Response {
+pub async fn model_request(s: &Proxy, req: Request, caller: &dyn Caller) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let max = s.config().config.proxy.max_body_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared.filter(|&l| l > max) {
-        return oai_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            "request_too_large",
-            format!("request body of {len} bytes is over the limit of {max} bytes"),
-        );
-    }
-    let bytes = match read_limited(max, body).await {
+    let cfg = s.config();
+    let bytes = match read_limited(cfg.max_body_bytes, &parts.headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -239,7 +286,7 @@ pub async fn model_request(s: &AppState, req: Request, caller: &dyn Caller) -> R
     // In flight from here on, so neither idle stop nor eviction can take the instance away
     // between it being made ready and the request reaching it.
     let in_flight = s.instances.begin_request(&name);
-    let timeout = s.config().config.proxy.start_timeout.get();
+    let timeout = cfg.start_timeout.get();
     if let Err(e) = s
         .instances
         .ensure_ready(&name, timeout, caller.requester())
@@ -280,13 +327,14 @@ fn direct_target(uri: &axum::http::Uri) -> Option<String> {
 
 /// `ANY /api/v1/instances/{name}/proxy/{path}`: straight to a running instance (no on-demand
 /// start, as upstream).
-async fn direct(
-    State(s): S,
+async fn direct<T: HasProxy>(
+    State(s): S<T>,
     Path((name, _)): Path<(String, String)>,
     Extension(caller): Extension<CallerExt>,
     req: Request,
 ) -> Response {
     let started = Instant::now();
+    let s = s.proxy();
     let state = match s.instances.state_of(&name) {
         Ok(v) => v,
         Err(e) => return op_error(e),
@@ -308,8 +356,8 @@ async fn direct(
         );
     };
     let (parts, body) = req.into_parts();
-    let max = s.config().config.proxy.max_body_bytes;
-    let bytes = match read_limited(max, body).await {
+    let max = s.config().max_body_bytes;
+    let bytes = match read_limited(max, &parts.headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -320,7 +368,7 @@ async fn direct(
         started,
         usage: caller.0.usage(),
     };
-    send(&s, out, &parts.method, &parts.headers, &pq, bytes).await
+    send(s, out, &parts.method, &parts.headers, &pq, bytes).await
 }
 
 /// A request on its way to an instance, and what its metrics need.
@@ -333,7 +381,7 @@ struct Outgoing<'a> {
 }
 
 async fn send(
-    s: &AppState,
+    s: &Proxy,
     out: Outgoing<'_>,
     method: &axum::http::Method,
     headers: &axum::http::HeaderMap,
@@ -373,7 +421,7 @@ async fn send(
             head,
             body,
             forward::Watch {
-                metrics: s.metrics.proxy.clone(),
+                metrics: s.metrics.clone(),
                 instance: name.to_string(),
                 endpoint,
                 started,
@@ -383,7 +431,6 @@ async fn send(
         ),
         Err(e) => {
             s.metrics
-                .proxy
                 .observe(name, endpoint, 502, started.elapsed().as_secs_f64(), None);
             oai_error(
                 StatusCode::BAD_GATEWAY,
