@@ -123,7 +123,9 @@ async fn serve(
         Settings::from_config(&cfg),
         cfg.systemd.slice.clone(),
         listen.port(),
-        monitor.connection.clone(),
+        Arc::new(crate::systemd::manager::Bus::new(
+            monitor.connection.clone(),
+        )),
     )?;
     let source: Arc<dyn InstanceSource> = instances.clone();
     let sampler = Arc::new(

@@ -7,14 +7,13 @@ use super::runtime::{derive, Health, State};
 use super::spec::{self, DesiredState, InstanceOptions, InstanceSpec};
 use super::store::{Corrupt, Store};
 use crate::config::{BackendsConfig, InstancesConfig};
+use crate::systemd::manager::UnitManager;
 use crate::systemd::transient::TransientService;
-use crate::systemd::units::{self, UnitState};
+use crate::systemd::units::{UnitError, UnitState};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::watch;
 use tracing::{info, warn};
-use zbus::Connection;
 
 /// Why an operation failed; the HTTP layer maps each kind to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +147,8 @@ pub struct Supervisor {
     settings: crate::config::Live<Settings>,
     slice: String,
     daemon_port: u16,
-    pub(super) conn: watch::Receiver<Option<Connection>>,
+    /// systemd (`systemd::manager::Bus`), or an in-memory manager in unit tests.
+    pub(super) units: Arc<dyn UnitManager>,
     pub(super) table: Mutex<Table>,
     pub(super) ops: tokio::sync::Mutex<()>,
     /// Refreshes (read unit state, store it) run one at a time: two overlapping ones could
@@ -185,7 +185,7 @@ impl Supervisor {
         settings: Settings,
         slice: String,
         daemon_port: u16,
-        conn: watch::Receiver<Option<Connection>>,
+        units: Arc<dyn UnitManager>,
     ) -> anyhow::Result<Arc<Self>> {
         let (specs, corrupt) = store.load_all::<InstanceSpec>()?;
         let mut table = Table {
@@ -237,7 +237,7 @@ impl Supervisor {
             settings: crate::config::Live::new(settings),
             slice,
             daemon_port,
-            conn,
+            units,
             table: Mutex::new(table),
             ops: tokio::sync::Mutex::new(()),
             refreshing: tokio::sync::Mutex::new(()),
@@ -259,10 +259,13 @@ impl Supervisor {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn connection(&self) -> Result<Connection, OpError> {
-        self.conn.borrow().clone().ok_or_else(|| {
-            OpError::Unavailable("the systemd manager is unreachable; try again later".into())
-        })
+    /// systemd, when it can be reached.
+    fn manager(&self) -> Result<&dyn UnitManager, OpError> {
+        if self.units.available() {
+            Ok(&*self.units)
+        } else {
+            Err(OpError::Unavailable(UnitError::Unavailable.to_string()))
+        }
     }
 
     /// JSON view of one instance: upstream's fields (`name`, `status`, `created`, `options`) and
@@ -446,9 +449,9 @@ impl Supervisor {
         let entry = Entry::new(spec);
         let v = Self::view(&entry);
         self.table().instances.insert(name.to_string(), entry);
-        if let Ok(conn) = self.connection() {
+        if self.units.available() {
             // A unit of that name may exist already (an orphan being given a spec).
-            let _ = self.refresh(&conn, name).await;
+            let _ = self.refresh(name).await;
             self.table().orphans.remove(&spec::unit_name(name));
         }
         Ok(v)
@@ -498,14 +501,14 @@ impl Supervisor {
         if !self.table().instances.contains_key(name) {
             return Err(not_found(name));
         }
-        let conn = self.connection()?;
+        let m = self.manager()?;
         let unit = spec::unit_name(name);
-        units::stop(&conn, &unit, self.settings().instances.job_timeout.get())
+        m.stop(&unit, self.settings().instances.job_timeout.get())
             .await
-            .map_err(|e| OpError::Failed(format!("stopping {unit}: {e}")))?;
-        units::reset_failed(&conn, &unit)
+            .map_err(|e| unit_error(e, format!("stopping {unit}")))?;
+        m.reset_failed(&unit)
             .await
-            .map_err(|e| OpError::Failed(format!("resetting {unit}: {e}")))?;
+            .map_err(|e| unit_error(e, format!("resetting {unit}")))?;
         self.store
             .remove(name)
             .map_err(|e| OpError::Failed(format!("{e:#}")))?;
@@ -584,8 +587,8 @@ impl Supervisor {
             .get(name)
             .map(|e| e.spec.clone())
             .ok_or_else(|| not_found(name))?;
-        let conn = self.connection()?;
-        self.refresh(&conn, name).await?;
+        let m = self.manager()?;
+        self.refresh(name).await?;
         let state = self.state_of(name)?;
         if state.is_running() {
             return Err(OpError::Conflict(format!(
@@ -614,13 +617,14 @@ impl Supervisor {
             }
         };
         // A failed unit of the same name is still loaded (CollectMode=inactive); clear it.
-        units::reset_failed(&conn, &plan.unit)
+        m.reset_failed(&plan.unit)
             .await
-            .map_err(|e| OpError::Failed(e.to_string()))?;
+            .map_err(|e| unit_error(e, format!("resetting {}", plan.unit)))?;
         info!(llamactl_instance = name, unit = %plan.unit, argv = %policy::redact_argv(&plan.argv).join(" "), "starting instance");
-        let started =
-            units::start_transient(&conn, &plan, self.settings().instances.job_timeout.get()).await;
-        let _ = self.refresh(&conn, name).await;
+        let started = m
+            .start_transient(&plan, self.settings().instances.job_timeout.get())
+            .await;
+        let _ = self.refresh(name).await;
         match started {
             Ok(()) => {
                 self.record_error(name, None);
@@ -628,10 +632,10 @@ impl Supervisor {
                 Ok(())
             }
             Err(e) => {
-                let msg = format!("starting {}: {e}", plan.unit);
-                warn!(llamactl_instance = name, error = %msg, "instance start failed");
-                self.record_error(name, Some(msg.clone()));
-                Err(OpError::Failed(msg))
+                let e = unit_error(e, format!("starting {}", plan.unit));
+                warn!(llamactl_instance = name, error = %e, "instance start failed");
+                self.record_error(name, Some(e.to_string()));
+                Err(e)
             }
         }
     }
@@ -640,14 +644,16 @@ impl Supervisor {
         if !self.table().instances.contains_key(name) {
             return Err(not_found(name));
         }
-        let conn = self.connection()?;
+        let m = self.manager()?;
         self.set_desired(name, DesiredState::Stopped)?;
         let unit = spec::unit_name(name);
-        let stopped = units::stop(&conn, &unit, self.settings().instances.job_timeout.get()).await;
+        let stopped = m
+            .stop(&unit, self.settings().instances.job_timeout.get())
+            .await;
         if stopped.is_ok() {
-            let _ = units::reset_failed(&conn, &unit).await;
+            let _ = m.reset_failed(&unit).await;
         }
-        let _ = self.refresh(&conn, name).await;
+        let _ = self.refresh(name).await;
         match stopped {
             Ok(()) => {
                 info!(llamactl_instance = name, "instance stopped");
@@ -655,17 +661,19 @@ impl Supervisor {
                 Ok(())
             }
             Err(e) => {
-                let msg = format!("stopping {unit}: {e}");
-                self.record_error(name, Some(msg.clone()));
-                Err(OpError::Failed(msg))
+                let e = unit_error(e, format!("stopping {unit}"));
+                self.record_error(name, Some(e.to_string()));
+                Err(e)
             }
         }
     }
 
     /// Re-reads an instance's unit from systemd.
-    pub(super) async fn refresh(&self, conn: &Connection, name: &str) -> Result<(), OpError> {
+    pub(super) async fn refresh(&self, name: &str) -> Result<(), OpError> {
         let _one_at_a_time = self.refreshing.lock().await;
-        let st = units::state(conn, &spec::unit_name(name))
+        let st = self
+            .units
+            .state(&spec::unit_name(name))
             .await
             .map_err(|e| OpError::Unavailable(format!("reading unit state: {e}")))?;
         let mut t = self.table();
@@ -681,6 +689,14 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+}
+
+/// A unit operation's failure: unreachable manager → 503, anything else → the operation failed.
+fn unit_error(e: UnitError, doing: String) -> OpError {
+    match e {
+        UnitError::Unavailable => OpError::Unavailable(e.to_string()),
+        e => OpError::Failed(format!("{doing}: {e}")),
     }
 }
 

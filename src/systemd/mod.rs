@@ -2,8 +2,11 @@
 //! with backoff, and a status everyone else reads (health endpoints, readiness, later the
 //! instance supervisor).
 
+pub mod dbus;
+#[cfg(test)]
+pub mod fake;
+pub mod manager;
 mod monitor;
-pub mod proxy;
 pub mod transient;
 pub mod units;
 

@@ -2,7 +2,7 @@
 //! so), so nothing here ever exits on error: it records the error, waits, and tries again, with
 //! exponential backoff from 250 ms up to `[systemd] reconnect_max_backoff`.
 
-use super::proxy::ManagerProxy;
+use super::dbus::ManagerProxy;
 use super::{unix_now, SystemdStatus};
 use crate::config::{BusKind, SystemdConfig};
 use std::time::Duration;

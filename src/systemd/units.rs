@@ -1,7 +1,7 @@
 //! Unit operations over one bus connection: start a transient service and wait for its job,
 //! stop, reset, list, and read the properties llamactl reports.
 
-use super::proxy::{ManagerProxy, ServiceProxy, UnitProxy, UnitRow};
+use super::dbus::{ManagerProxy, ServiceProxy, UnitProxy, UnitRow};
 use super::transient::TransientService;
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -11,6 +11,8 @@ use zbus::{Connection, OwnedObjectPath};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnitError {
+    #[error("the systemd manager is unreachable; try again later")]
+    Unavailable,
     #[error("D-Bus: {0}")]
     Bus(#[from] zbus::Error),
     #[error("systemd {what} job for {unit} ended with result {result:?}")]
@@ -51,7 +53,7 @@ async fn manager(conn: &Connection) -> zbus::Result<ManagerProxy<'static>> {
 }
 
 async fn wait_job(
-    removed: &mut (impl futures_util::Stream<Item = super::proxy::JobRemoved> + Unpin),
+    removed: &mut (impl futures_util::Stream<Item = super::dbus::JobRemoved> + Unpin),
     job: &OwnedObjectPath,
     what: &'static str,
     unit: &str,

@@ -1,22 +1,19 @@
-//! Background work of the supervisor: adopting units when the bus comes up, following their
-//! state through `PropertiesChanged` signals (no polling of systemd), and probing backends'
+//! Following the units: adopting them when the manager is (re)connected, re-reading one when
+//! the manager says it changed (`PropertiesChanged` signals, no polling), and probing backends'
 //! health endpoints.
 
 use super::runtime::{Health, State};
 use super::spec::{self, DesiredState};
 use super::supervisor::Supervisor;
-use crate::systemd::units;
+use crate::systemd::manager::UnitEvent;
 use axum::body::Bytes;
-use futures_util::StreamExt;
 use http_body_util::Empty;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
-use zbus::message::Type as MsgType;
-use zbus::{Connection, MatchRule, MessageStream};
+use tracing::{info, warn};
 
 /// How often instances that are starting or loading are probed (ready ones use the configured
 /// interval).
@@ -33,51 +30,28 @@ impl Supervisor {
         tokio::spawn(async move { me.probe_loop(shutdown).await });
     }
 
-    /// For every (re)connection: adopt, then apply each `PropertiesChanged` of our units.
-    async fn follow_units(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut conn_rx = self.conn.clone();
-        loop {
-            let conn = conn_rx.borrow_and_update().clone();
-            if let Some(conn) = conn {
-                match signal_stream(&conn).await {
-                    Ok(mut stream) => {
-                        self.adopt(&conn).await;
-                        loop {
-                            tokio::select! {
-                                msg = stream.next() => match msg {
-                                    Some(Ok(m)) => {
-                                        let header = m.header();
-                                        let Some(path) = header.path() else { continue };
-                                        let Some(unit) = units::unit_from_path(path.as_str()) else { continue };
-                                        if let Some(name) = spec::name_from_unit(&unit) {
-                                            let known = self.table().instances.contains_key(name);
-                                            if known {
-                                                let _ = self.refresh(&conn, name).await;
-                                            }
-                                        }
-                                    }
-                                    Some(Err(e)) => debug!(error = %e, "bad signal"),
-                                    None => break,
-                                },
-                                _ = conn_rx.changed() => break,
-                                _ = shutdown.changed() => return,
-                            }
-                        }
+    /// For every (re)connection: adopt; then re-read each of our units that changed.
+    async fn follow_units(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let mut events = self.units.events(shutdown);
+        while let Some(ev) = events.recv().await {
+            match ev {
+                UnitEvent::Connected => self.adopt().await,
+                UnitEvent::Changed(unit) => {
+                    let Some(name) = spec::name_from_unit(&unit) else {
+                        continue;
+                    };
+                    if self.table().instances.contains_key(name) {
+                        let _ = self.refresh(name).await;
                     }
-                    Err(e) => warn!(error = %e, "cannot watch systemd unit signals"),
                 }
-            }
-            tokio::select! {
-                r = conn_rx.changed() => if r.is_err() { return },
-                _ = shutdown.changed() => return,
             }
         }
     }
 
     /// Re-adoption: running units are taken over as they are (never restarted); instances that
     /// should run but do not are started; units without a spec are reported.
-    pub(super) async fn adopt(&self, conn: &Connection) {
-        let loaded = match units::list(conn, "llamactl-*.service").await {
+    pub(super) async fn adopt(&self) {
+        let loaded = match self.units.list("llamactl-*.service").await {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, "cannot list instance units");
@@ -86,7 +60,7 @@ impl Supervisor {
         };
         let names: Vec<String> = self.table().instances.keys().cloned().collect();
         for name in &names {
-            let _ = self.refresh(conn, name).await;
+            let _ = self.refresh(name).await;
         }
         let mut orphans = std::collections::BTreeSet::new();
         for unit in &loaded {
@@ -168,18 +142,6 @@ impl Supervisor {
             }
         }
     }
-}
-
-async fn signal_stream(conn: &Connection) -> zbus::Result<MessageStream> {
-    let rule = MatchRule::builder()
-        .msg_type(MsgType::Signal)
-        .sender("org.freedesktop.systemd1")
-        .interface("org.freedesktop.DBus.Properties")
-        .member("PropertiesChanged")
-        .path_namespace("/org/freedesktop/systemd1/unit")
-        .build()?;
-    // A deep queue: a burst of unit changes must not drop the signal that carries the last state.
-    MessageStream::for_match_rule(rule, conn, std::num::NonZeroUsize::new(4096)).await
 }
 
 async fn probe(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Health {

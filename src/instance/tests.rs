@@ -1,0 +1,354 @@
+//! The supervisor's logic on an in-memory systemd (`systemd::fake`): on-demand start, LRU
+//! eviction, idle stop, port choice, model routing, specs on disk. The sandbox tests
+//! (`tests/systemd.rs`, `tests/instances.rs`) prove the same paths against the real manager.
+
+use super::demand::Requester;
+use super::spec::{parse_options, InstanceSpec};
+use super::{OpError, Rights, Settings, State, Supervisor};
+use crate::config::{BackendType, InstancesConfig};
+use crate::systemd::fake::FakeUnits;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+struct All;
+impl Requester for All {
+    fn rights(&self) -> Rights {
+        Rights::ALL
+    }
+}
+
+/// A supervisor over a fresh state directory and a fake manager; ports from `ports` (each test
+/// its own range: the fake backends bind them for real).
+struct Rig {
+    sup: Arc<Supervisor>,
+    units: Arc<FakeUnits>,
+    dir: PathBuf,
+    _stop: watch::Sender<bool>,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("llamactl-unit-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn rig_with(test: &str, ports: u16, units: FakeUnits, tune: impl FnOnce(&mut Settings)) -> Rig {
+    let dir = scratch(test);
+    rig_in(dir, ports, units, tune)
+}
+
+fn rig_in(dir: PathBuf, ports: u16, units: FakeUnits, tune: impl FnOnce(&mut Settings)) -> Rig {
+    let mut settings = Settings {
+        instances: InstancesConfig {
+            port_range: [ports, ports + 19],
+            allowed_backends: vec![BackendType::Command],
+            health_check_interval: crate::config::HumanDuration::secs(1),
+            ..Default::default()
+        },
+        idle_check_interval: Duration::from_millis(50),
+        ..Default::default()
+    };
+    tune(&mut settings);
+    let units = Arc::new(units);
+    let store = super::store::Store::open(&dir).unwrap();
+    let sup = Supervisor::open(store, settings, "llamactl.slice".into(), 1, units.clone()).unwrap();
+    let (stop, rx) = watch::channel(false);
+    sup.spawn_background(rx.clone());
+    sup.spawn_idle_stopper(rx);
+    Rig {
+        sup,
+        units,
+        dir,
+        _stop: stop,
+    }
+}
+
+fn rig(test: &str, ports: u16, tune: impl FnOnce(&mut Settings)) -> Rig {
+    rig_with(test, ports, FakeUnits::default(), tune)
+}
+
+fn spec(extra: serde_json::Value) -> super::spec::InstanceOptions {
+    let mut v = json!({"backend_type": "command", "backend_options": {"command": ["/bin/true"]}});
+    let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) else {
+        unreachable!()
+    };
+    for (k, x) in e {
+        o.insert(k.clone(), x.clone());
+    }
+    parse_options(&serde_json::to_vec(&v).unwrap()).unwrap()
+}
+
+fn unit(name: &str) -> String {
+    format!("llamactl-{name}.service")
+}
+
+async fn wait_state(sup: &Supervisor, name: &str, want: State) {
+    for _ in 0..200 {
+        if sup.state_of(name).ok() == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{name} never {want:?} (is {:?})", sup.state_of(name));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_concurrent_first_requests_start_it_once() {
+    let r = rig_with(
+        "concurrent",
+        42000,
+        FakeUnits::new(Duration::from_millis(200)),
+        |_| {},
+    );
+    r.sup
+        .create("odm", spec(json!({"on_demand_start": true})))
+        .await
+        .unwrap();
+    let calls = (0..10).map(|_| {
+        let sup = r.sup.clone();
+        tokio::spawn(async move { sup.ensure_ready("odm", Duration::from_secs(10), &All).await })
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let started: Vec<bool> = results.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    assert_eq!(started.iter().filter(|s| **s).count(), 1, "{started:?}");
+    assert_eq!(r.units.starts(), [unit("odm")]);
+    assert_eq!(r.sup.state_of("odm").unwrap(), State::Ready);
+}
+
+#[tokio::test]
+async fn on_demand_start_off_or_failing_is_an_error_not_a_wait() {
+    let r = rig("ondemand", 42020, |_| {});
+    r.sup
+        .create("off", spec(json!({"on_demand_start": false})))
+        .await
+        .unwrap();
+    let e = r
+        .sup
+        .ensure_ready("off", Duration::from_secs(5), &All)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, OpError::Unavailable(m) if m.contains("on_demand_start is off")),
+        "{e:?}"
+    );
+    assert!(r.units.starts().is_empty());
+    r.sup
+        .create("broken", spec(json!({"on_demand_start": true})))
+        .await
+        .unwrap();
+    r.units.fail_next_start(&unit("broken"));
+    let e = r
+        .sup
+        .ensure_ready("broken", Duration::from_secs(5), &All)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OpError::Failed(_)), "{e:?}");
+    assert_eq!(r.sup.state_of("broken").unwrap(), State::Failed);
+}
+
+#[tokio::test]
+async fn eviction_stops_the_least_recently_used_idle_instance() {
+    let r = rig("evict", 42040, |s| s.instances.max_running = 2);
+    for n in ["eva", "evb", "evc"] {
+        r.sup.create(n, spec(json!({}))).await.unwrap();
+    }
+    r.sup.start("eva").await.unwrap();
+    r.sup.start("evb").await.unwrap();
+    // eva served a request after evb started: evb is now the least recently used.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    drop(r.sup.begin_request("evb"));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    drop(r.sup.begin_request("eva"));
+    r.sup.start("evc").await.unwrap();
+    assert_eq!(r.units.stops(), [unit("evb")]);
+    assert_eq!(r.sup.state_of("evb").unwrap(), State::Stopped);
+    assert!(r.sup.state_of("eva").unwrap().is_running());
+    assert!(r.sup.state_of("evc").unwrap().is_running());
+}
+
+#[tokio::test]
+async fn busy_instances_are_never_evicted() {
+    let r = rig("busy", 42060, |s| s.instances.max_running = 1);
+    r.sup.create("busya", spec(json!({}))).await.unwrap();
+    r.sup.create("busyb", spec(json!({}))).await.unwrap();
+    r.sup.start("busya").await.unwrap();
+    let held = r.sup.begin_request("busya");
+    let e = r.sup.start("busyb").await.unwrap_err();
+    assert!(
+        matches!(&e, OpError::Busy(m) if m.contains("in flight")),
+        "{e:?}"
+    );
+    // Without the right to evict, not even an idle one is stopped.
+    drop(held);
+    let e = r
+        .sup
+        .start_with(
+            "busyb",
+            Rights {
+                can_start: true,
+                can_evict: false,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, OpError::Busy(m) if m.contains("can_evict")),
+        "{e:?}"
+    );
+    assert!(r.units.stops().is_empty());
+    // Once it is idle, a start that may evict does.
+    r.sup.start("busyb").await.unwrap();
+    assert_eq!(r.units.stops(), [unit("busya")]);
+}
+
+#[tokio::test]
+async fn idle_instances_are_stopped_and_busy_ones_kept() {
+    let r = rig("idle", 42080, |_| {});
+    // 0.002 minutes = 120 ms.
+    for n in ["idlea", "idleb"] {
+        r.sup
+            .create(n, spec(json!({"idle_timeout": 0.002})))
+            .await
+            .unwrap();
+        r.sup.start(n).await.unwrap();
+    }
+    let held = r.sup.begin_request("idleb");
+    wait_state(&r.sup, "idlea", State::Stopped).await;
+    assert!(r.sup.state_of("idleb").unwrap().is_running());
+    drop(held);
+    wait_state(&r.sup, "idleb", State::Stopped).await;
+    assert_eq!(r.units.stops().len(), 2);
+}
+
+#[tokio::test]
+async fn ports_come_from_the_range_skip_taken_ones_and_conflicts_are_refused() {
+    let r = rig("ports", 42100, |_| {});
+    // Another process holds the first port of the range.
+    let blocker = std::net::TcpListener::bind(("127.0.0.1", 42100)).unwrap();
+    let v = r.sup.create("pa", spec(json!({}))).await.unwrap();
+    assert_eq!(v["port"], 42101);
+    let v = r.sup.create("pb", spec(json!({}))).await.unwrap();
+    assert_eq!(v["port"], 42102);
+    let e = r
+        .sup
+        .create(
+            "pc",
+            spec(json!({"backend_options": {"command": ["/bin/true"], "port": 42101}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, OpError::Conflict(m) if m.contains("already used by instance \"pa\"")),
+        "{e:?}"
+    );
+    let e = r
+        .sup
+        .create(
+            "pd",
+            spec(json!({"backend_options": {"command": ["/bin/true"], "port": 1}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, OpError::Conflict(m) if m.contains("own port")),
+        "{e:?}"
+    );
+    // An explicit port someone else holds: created, but the start says why it cannot run.
+    r.sup
+        .create(
+            "pe",
+            spec(json!({"backend_options": {"command": ["/bin/true"], "port": 42100}})),
+        )
+        .await
+        .unwrap();
+    let e = r.sup.start("pe").await.unwrap_err();
+    assert!(
+        matches!(&e, OpError::Conflict(m) if m.contains("in use")),
+        "{e:?}"
+    );
+    assert!(r.units.starts().is_empty());
+    drop(blocker);
+}
+
+#[tokio::test]
+async fn models_route_by_name_instance_slash_model_and_alias() {
+    let r = rig("routing", 42120, |_| {});
+    r.sup
+        .create("rta", spec(json!({"aliases": ["gpt-4o", "small"]})))
+        .await
+        .unwrap();
+    r.sup.create("rtb", spec(json!({}))).await.unwrap();
+    let route = |m: &str| r.sup.resolve_model(m);
+    assert_eq!(route("rta").as_deref(), Some("rta"));
+    assert_eq!(route("rtb/any-model.gguf").as_deref(), Some("rtb"));
+    assert_eq!(route("small").as_deref(), Some("rta"));
+    assert_eq!(route("gpt-4o").as_deref(), Some("rta"));
+    assert_eq!(route("nope"), None);
+    assert_eq!(route("nope/rta"), None);
+}
+
+#[tokio::test]
+async fn an_unreachable_manager_is_503_and_specs_are_still_written() {
+    let r = rig("nobus", 42140, |_| {});
+    r.units.set_available(false);
+    r.sup.create("nb", spec(json!({}))).await.unwrap();
+    let e = r.sup.start("nb").await.unwrap_err();
+    assert!(matches!(e, OpError::Unavailable(_)), "{e:?}");
+    r.units.set_available(true);
+    r.sup.start("nb").await.unwrap();
+}
+
+/// An invalid spec on disk is reported with its reason and never started, even when its
+/// desired state is running; a valid one that should run is started at adoption.
+#[tokio::test]
+async fn specs_on_disk_are_validated_and_adopted() {
+    let dir = scratch("disk");
+    let inst = dir.join("instances");
+    std::fs::create_dir_all(&inst).unwrap();
+    let write = |name: &str, options: serde_json::Value| {
+        let s = json!({"name": name, "created": 1, "desired_state": "running", "options": options});
+        std::fs::write(inst.join(format!("{name}.json")), s.to_string()).unwrap();
+    };
+    write(
+        "good",
+        json!({"backend_type": "command", "backend_options": {"command": ["/bin/true"], "port": 42160}}),
+    );
+    write(
+        "lots",
+        json!({"backend_type": "command", "memory_max": "lots", "backend_options": {"command": ["/bin/true"]}}),
+    );
+    write(
+        "empty",
+        json!({"backend_type": "command", "backend_options": {"command": []}}),
+    );
+    let r = rig_in(dir, 42161, FakeUnits::default(), |_| {});
+    wait_state(&r.sup, "good", State::Ready).await;
+    let corrupt: Vec<(String, String)> = r
+        .sup
+        .corrupt()
+        .into_iter()
+        .map(|c| (c.name, c.error))
+        .collect();
+    assert_eq!(corrupt.len(), 2, "{corrupt:?}");
+    assert!(corrupt
+        .iter()
+        .any(|(n, e)| n == "lots" && e.contains("memory_max")));
+    assert!(corrupt
+        .iter()
+        .any(|(n, e)| n == "empty" && e.contains("backend_options.command")));
+    assert_eq!(r.units.starts(), [unit("good")]);
+    // What was saved is what was loaded.
+    let saved: InstanceSpec =
+        serde_json::from_slice(&std::fs::read(r.dir.join("instances/good.json")).unwrap()).unwrap();
+    assert_eq!(saved.options.port(), Some(42160));
+}
