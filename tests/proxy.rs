@@ -144,6 +144,16 @@ fn real_llama_server_behind_the_proxy() {
     wait_for("the slot to be freed", Duration::from_secs(10), || {
         (!busy(&get(d.port, "/api/v1/instances/psmol/proxy/slots").json())).then_some(())
     });
+    // Counted as the client's leaving (499), not as the backend's 200.
+    let m = get(d.port, "/metrics").body;
+    assert_eq!(
+        sample(
+            &m,
+            "llamactl_proxy_requests_total{instance_name=\"psmol\",endpoint=\"chat_completions\",status=\"499\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
     let t0 = Instant::now();
     let r = chat(
         d.port,

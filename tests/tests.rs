@@ -1,15 +1,18 @@
 //! One integration-test binary (one link, one sandbox boot), with a module per area. The
-//! README's "Tests" section says what each holds, in more words.
+//! README's "Tests" section says what each holds, in more words. Unit tests of pure logic live
+//! beside their code (`cargo test --lib`); the supervisor's logic on an in-memory systemd is
+//! `src/instance/tests.rs`. Every test here runs against the real thing: the project's private
+//! systemd, real units, a real llama-server.
 
 #[macro_use]
 mod util; // HTTP helpers (as the test management key, raw, over the socket), the private systemd
 
 mod audit; // (a directory) the audit trail three ways, its failure modes, rate limits, usage per key
 mod cli; // --check-config, help, man pages, client errors
-mod direct; // the daemon as a plain process: stderr logs, no bus, the socket
 mod instances; // instances as transient units: lifecycle, restarts, adoption, CLI
 mod packaging; // packaging/check.sh
+mod plain_process; // llamactld as a plain process, no systemd: stderr logs, no bus, the socket
 mod proxy; // the OpenAI-compatible proxy in front of real llama-servers
 mod resources; // /metrics against real units' cgroups
 mod security; // (a directory) access control: keys, the admin socket, browsers, policy, unit hardening
-mod unit; // llamactld from the shipped unit: notify, watchdog, reload, bus loss
+mod service; // llamactld as a service from the shipped unit: notify, watchdog, reload, bus loss

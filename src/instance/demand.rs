@@ -1,6 +1,7 @@
 //! Instances started and stopped by traffic: on-demand start (shared by concurrent requests),
 //! idle stop, and `max_running` with least-recently-used eviction.
 
+use super::handle::Handle;
 use super::runtime::State;
 use super::supervisor::{OpError, Rights, Supervisor};
 
@@ -31,60 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// Marks a proxied request as in flight for its whole life (dropped when the response body
-/// ends or the client goes away).
-pub struct InFlight {
-    sup: Arc<Supervisor>,
-    name: String,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(e) = self.sup.table().instances.get_mut(&self.name) {
-            e.in_flight = e.in_flight.saturating_sub(1);
-            e.last_used = Some(Instant::now());
-        }
-    }
-}
-
 impl Supervisor {
-    /// The instance a request's `model` names: the instance name, `instance/model` (a backend
-    /// serving several models), or an alias.
-    pub fn resolve_model(&self, model: &str) -> Option<String> {
-        let t = self.table();
-        if t.instances.contains_key(model) {
-            return Some(model.to_string());
-        }
-        if let Some((inst, _)) = model.split_once('/') {
-            if t.instances.contains_key(inst) {
-                return Some(inst.to_string());
-            }
-        }
-        t.instances
-            .values()
-            .find(|e| e.spec.options.model_aliases().iter().any(|a| a == model))
-            .map(|e| e.spec.name.clone())
-    }
-
-    /// `host:port` of an instance's backend, and the key the backend wants (its own
-    /// `api_key` option), if any.
-    pub fn backend_target(&self, name: &str) -> Option<(String, Option<String>)> {
-        let t = self.table();
-        let o = &t.instances.get(name)?.spec.options;
-        Some((o.connect_addr()?, o.backend_key().map(str::to_string)))
-    }
-
-    pub fn begin_request(self: &Arc<Self>, name: &str) -> InFlight {
-        if let Some(e) = self.table().instances.get_mut(name) {
-            e.in_flight += 1;
-            e.last_used = Some(Instant::now());
-        }
-        InFlight {
-            sup: self.clone(),
-            name: name.to_string(),
-        }
-    }
-
     /// Makes sure the instance serves: starts it if it is stopped and allows on-demand starts
     /// (one start however many requests ask at once), then waits until it is ready. Returns
     /// whether this call started it. `rights` are the caller's: without `can_start` a stopped
@@ -92,15 +40,16 @@ impl Supervisor {
     /// `max_running` instead of evicting.
     pub async fn ensure_ready(
         &self,
-        name: &str,
+        handle: &Handle,
         timeout: Duration,
         requester: &dyn Requester,
     ) -> Result<bool, OpError> {
-        let rights = requester.rights();
-        // Hot path of every proxied request: a ready instance needs no gate and no JSON view.
-        if self.table().instances.get(name).map(|e| e.state()) == Some(State::Ready) {
+        // Hot path of every proxied request: a ready instance needs no lock at all.
+        if handle.is_ready() {
             return Ok(false);
         }
+        let name = handle.name();
+        let rights = requester.rights();
         let deadline = Instant::now() + timeout;
         let gate = {
             let mut g = self.start_gates.lock().await;
@@ -207,8 +156,8 @@ impl Supervisor {
             }
             running
                 .iter()
-                .filter(|e| e.in_flight == 0)
-                .min_by_key(|e| (e.last_used, e.unit.active_enter_timestamp))
+                .filter(|e| e.handle.in_flight() == 0)
+                .min_by_key(|e| (e.handle.last_used(), e.unit.active_enter_timestamp))
                 .map(|e| e.spec.name.clone())
                 .ok_or_else(|| {
                     OpError::Busy(format!(
@@ -253,11 +202,11 @@ impl Supervisor {
                     let mut t = me.table();
                     t.instances
                         .values_mut()
-                        .filter(|e| e.state().is_running() && e.in_flight == 0)
+                        .filter(|e| e.state().is_running() && e.handle.in_flight() == 0)
                         .filter_map(|e| {
                             let after = e.spec.options.idle_after()?;
                             // The idle clock starts at the last request, or when first seen running.
-                            let since = *e.last_used.get_or_insert(now);
+                            let since = e.handle.last_used_or(now);
                             (now.duration_since(since) >= after).then(|| e.spec.name.clone())
                         })
                         .collect()
@@ -269,7 +218,7 @@ impl Supervisor {
                         .table()
                         .instances
                         .get(&name)
-                        .is_some_and(|e| e.in_flight == 0);
+                        .is_some_and(|e| e.handle.in_flight() == 0);
                     if !still_idle {
                         continue;
                     }

@@ -129,7 +129,7 @@ impl Supervisor {
                         continue;
                     }
                     let before = e.state();
-                    e.health = health;
+                    e.observe(None, Some(health));
                     let after = e.state();
                     if before != after {
                         info!(llamactl_instance = %name, from = ?before, to = ?after, "instance state changed");

@@ -1,17 +1,21 @@
-//! The instance table and its lifecycle. Specs live in the `Store`; units live in systemd; this
-//! keeps the two in step. Lifecycle operations are serialised (one at a time) so two requests
-//! cannot start the same unit or hand out the same port; reads never wait for them.
+//! The supervisor and the instances' lifecycle: open (load and check every spec), create,
+//! update, delete, start, stop, restart. Specs live in the `Store`; units live in systemd (a
+//! `UnitManager`); this keeps the two in step. Lifecycle operations are serialised (one at a
+//! time) so two requests cannot start the same unit or hand out the same port; reads
+//! (`table.rs`) never wait for them.
 
+use super::handle::{Handle, Routes};
 use super::policy;
-use super::runtime::{derive, Health, State};
+use super::ports::port_free;
+use super::runtime::Health;
 use super::spec::{self, DesiredState, InstanceOptions, InstanceSpec};
 use super::store::{Corrupt, Store};
+use super::table::{target_of, Entry, Table};
 use crate::config::{BackendsConfig, InstancesConfig};
 use crate::systemd::manager::UnitManager;
 use crate::systemd::transient::TransientService;
-use crate::systemd::units::{UnitError, UnitState};
-use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use crate::systemd::units::UnitError;
+use serde_json::Value;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::{info, warn};
 
@@ -47,24 +51,6 @@ impl From<policy::Refusal> for OpError {
     }
 }
 
-/// An instance's health, as `GET /api/instances/{name}/health` shows it.
-#[derive(Clone, Debug)]
-pub struct InstanceHealth {
-    pub state: State,
-    pub health: Health,
-    pub restarts: u32,
-    pub last_error: Option<String>,
-}
-
-/// An instance as a model of the proxy.
-#[derive(Clone, Debug)]
-pub struct ModelInfo {
-    pub name: String,
-    pub created: u64,
-    pub state: State,
-    pub aliases: Vec<String>,
-}
-
 /// What a start may do besides starting: `can_evict` (stop the least recently used instance
 /// under `max_running`). An API key's right of the same name limits it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,47 +64,6 @@ impl Rights {
         can_start: true,
         can_evict: true,
     };
-}
-
-pub(super) struct Entry {
-    pub spec: InstanceSpec,
-    pub unit: UnitState,
-    pub health: Health,
-    /// Why the last start or stop failed; cleared by the next success.
-    pub last_error: Option<String>,
-    /// Proxied requests being served right now.
-    pub in_flight: u32,
-    /// When the last proxied request began or ended (the idle and LRU clock).
-    pub last_used: Option<std::time::Instant>,
-    pub on_demand_starts: u64,
-    pub evictions: u64,
-}
-
-impl Entry {
-    fn new(spec: InstanceSpec) -> Self {
-        Self {
-            spec,
-            unit: UnitState::default(),
-            health: Health::default(),
-            last_error: None,
-            in_flight: 0,
-            last_used: None,
-            on_demand_starts: 0,
-            evictions: 0,
-        }
-    }
-
-    pub fn state(&self) -> State {
-        derive(&self.unit, &self.health)
-    }
-}
-
-#[derive(Default)]
-pub(super) struct Table {
-    pub instances: BTreeMap<String, Entry>,
-    pub corrupt: Vec<Corrupt>,
-    /// `llamactl-*.service` units with no spec (left behind, or created by hand).
-    pub orphans: BTreeSet<String>,
 }
 
 /// What the supervisor takes from the config. Replaced whole on reload (SIGHUP) and read once
@@ -146,9 +91,11 @@ pub struct Supervisor {
     pub(super) store: Store,
     settings: crate::config::Live<Settings>,
     slice: String,
-    daemon_port: u16,
+    pub(super) daemon_port: u16,
     /// systemd (`systemd::manager::Bus`), or an in-memory manager in unit tests.
     pub(super) units: Arc<dyn UnitManager>,
+    /// Model names to handles, rebuilt when instances or their aliases change.
+    routes: crate::config::Live<Routes>,
     pub(super) table: Mutex<Table>,
     pub(super) ops: tokio::sync::Mutex<()>,
     /// Refreshes (read unit state, store it) run one at a time: two overlapping ones could
@@ -232,7 +179,14 @@ impl Supervisor {
             dir = %store.dir().display(),
             "instance specs loaded"
         );
+        let routes = Routes::build(
+            table
+                .instances
+                .values()
+                .map(|e| (&e.handle, e.spec.options.model_aliases())),
+        );
         Ok(Arc::new(Self {
+            routes: crate::config::Live::new(routes),
             store,
             settings: crate::config::Live::new(settings),
             slice,
@@ -244,6 +198,30 @@ impl Supervisor {
             start_gates: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             hook: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Makes the model routes anew from the table (after a create, update or delete).
+    fn rebuild_routes(&self) {
+        let routes = {
+            let t = self.table();
+            Routes::build(
+                t.instances
+                    .values()
+                    .map(|e| (&e.handle, e.spec.options.model_aliases())),
+            )
+        };
+        self.routes.set(routes);
+    }
+
+    /// The handle of the instance a request's `model` names (its name, `instance/model`, or an
+    /// alias), without the table's lock.
+    pub fn route(&self, model: &str) -> Option<Arc<Handle>> {
+        self.routes.get().resolve(model).cloned()
+    }
+
+    /// An instance's handle by name.
+    pub fn handle(&self, name: &str) -> Option<Arc<Handle>> {
+        self.table().instances.get(name).map(|e| e.handle.clone())
     }
 
     /// Sets what the daemon's own evictions and idle stops answer to (once, at start).
@@ -266,143 +244,6 @@ impl Supervisor {
         } else {
             Err(OpError::Unavailable(UnitError::Unavailable.to_string()))
         }
-    }
-
-    /// JSON view of one instance: upstream's fields (`name`, `status`, `created`, `options`) and
-    /// ours (state, unit, pid, restarts, health).
-    fn view(e: &Entry) -> Value {
-        let state = e.state();
-        json!({
-            "name": e.spec.name,
-            "status": state.upstream_status(),
-            "created": e.spec.created,
-            // Secrets (environment values, api_key, *_token) never leave the daemon.
-            "options": policy::redacted(&e.spec.options),
-            "state": state,
-            "desired_state": e.spec.desired_state,
-            "unit": spec::unit_name(&e.spec.name),
-            "port": e.spec.options.port(),
-            "main_pid": (e.unit.main_pid != 0).then_some(e.unit.main_pid),
-            "restarts": e.unit.n_restarts,
-            "active_since": (e.unit.active_enter_timestamp != 0).then_some(e.unit.active_enter_timestamp / 1_000_000),
-            "result": (!e.unit.result.is_empty()).then_some(&e.unit.result),
-            "exit_status": e.unit.loaded.then_some(e.unit.exec_main_status),
-            "control_group": (!e.unit.control_group.is_empty()).then_some(&e.unit.control_group),
-            "health": e.health,
-            "last_error": e.last_error,
-            "in_flight": e.in_flight,
-        })
-    }
-
-    pub fn count(&self) -> usize {
-        self.table().instances.len()
-    }
-
-    pub fn list(&self) -> Vec<Value> {
-        self.table().instances.values().map(Self::view).collect()
-    }
-
-    pub fn get(&self, name: &str) -> Result<Value, OpError> {
-        self.table()
-            .instances
-            .get(name)
-            .map(Self::view)
-            .ok_or_else(|| not_found(name))
-    }
-
-    /// An instance's state, without building its JSON view.
-    pub fn state_of(&self, name: &str) -> Result<State, OpError> {
-        let t = self.table();
-        let e = t.instances.get(name).ok_or_else(|| not_found(name))?;
-        Ok(e.state())
-    }
-
-    /// What the health endpoint of an instance reports.
-    pub fn health_of(&self, name: &str) -> Result<InstanceHealth, OpError> {
-        let t = self.table();
-        let e = t.instances.get(name).ok_or_else(|| not_found(name))?;
-        Ok(InstanceHealth {
-            state: e.state(),
-            health: e.health.clone(),
-            restarts: e.unit.n_restarts,
-            last_error: e.last_error.clone(),
-        })
-    }
-
-    /// Every instance as a model for `/v1/models`.
-    pub fn models(&self) -> Vec<ModelInfo> {
-        self.table()
-            .instances
-            .values()
-            .map(|e| ModelInfo {
-                name: e.spec.name.clone(),
-                created: e.spec.created,
-                state: e.state(),
-                aliases: e.spec.options.model_aliases(),
-            })
-            .collect()
-    }
-
-    /// Prometheus HTTP service discovery: one target group per running instance whose backend
-    /// serves metrics, labelled so its series join ours on `instance_name`.
-    pub fn sd_targets(&self) -> Vec<Value> {
-        self.table()
-            .instances
-            .values()
-            .filter(|e| e.state().is_running())
-            .filter_map(|e| {
-                let o = &e.spec.options;
-                let path = o.metrics_path()?;
-                Some(json!({
-                    "targets": [o.connect_addr()?],
-                    "labels": {
-                        "instance_name": e.spec.name,
-                        "backend_type": o.backend_type,
-                        "__metrics_path__": path,
-                    }
-                }))
-            })
-            .collect()
-    }
-
-    pub fn corrupt(&self) -> Vec<Corrupt> {
-        self.table().corrupt.clone()
-    }
-
-    pub fn orphans(&self) -> Vec<String> {
-        self.table().orphans.iter().cloned().collect()
-    }
-
-    /// A port for a new instance, or a conflict for an explicit one.
-    fn assign_port(&self, name: &str, wanted: Option<u16>, host: &str) -> Result<u16, OpError> {
-        let t = self.table();
-        let taken: BTreeMap<u16, &str> = t
-            .instances
-            .values()
-            .filter(|e| e.spec.name != name)
-            .filter_map(|e| e.spec.options.port().map(|p| (p, e.spec.name.as_str())))
-            .collect();
-        if let Some(p) = wanted {
-            if let Some(other) = taken.get(&p) {
-                return Err(OpError::Conflict(format!(
-                    "port {p} is already used by instance {other:?}"
-                )));
-            }
-            if p == self.daemon_port {
-                return Err(OpError::Conflict(format!(
-                    "port {p} is llamactld's own port"
-                )));
-            }
-            return Ok(p);
-        }
-        let [lo, hi] = self.settings().instances.port_range;
-        (lo..=hi)
-            .find(|p| *p != self.daemon_port && !taken.contains_key(p) && port_free(host, *p))
-            .ok_or_else(|| {
-                OpError::Conflict(format!(
-                    "no free port left in [instances] port_range {lo}-{hi}"
-                ))
-            })
     }
 
     pub async fn create(&self, name: &str, mut options: InstanceOptions) -> Result<Value, OpError> {
@@ -449,6 +290,7 @@ impl Supervisor {
         let entry = Entry::new(spec);
         let v = Self::view(&entry);
         self.table().instances.insert(name.to_string(), entry);
+        self.rebuild_routes();
         if self.units.available() {
             // A unit of that name may exist already (an orphan being given a spec).
             let _ = self.refresh(name).await;
@@ -481,6 +323,7 @@ impl Supervisor {
         let spec = {
             let mut t = self.table();
             let e = t.instances.get_mut(name).ok_or_else(|| not_found(name))?;
+            e.handle.set_target(target_of(&options));
             e.spec.options = options;
             e.spec.clone()
         };
@@ -513,6 +356,7 @@ impl Supervisor {
             .remove(name)
             .map_err(|e| OpError::Failed(format!("{e:#}")))?;
         self.table().instances.remove(name);
+        self.rebuild_routes();
         info!(llamactl_instance = name, "instance deleted");
         Ok(())
     }
@@ -679,10 +523,8 @@ impl Supervisor {
         let mut t = self.table();
         if let Some(e) = t.instances.get_mut(name) {
             let before = e.state();
-            if st.active_state != "active" || st.main_pid != e.unit.main_pid {
-                e.health = Health::default();
-            }
-            e.unit = st;
+            let fresh = st.active_state != "active" || st.main_pid != e.unit.main_pid;
+            e.observe(Some(st), fresh.then(Health::default));
             let after = e.state();
             if before != after {
                 info!(llamactl_instance = name, from = ?before, to = ?after, "instance state changed");
@@ -700,42 +542,6 @@ fn unit_error(e: UnitError, doing: String) -> OpError {
     }
 }
 
-fn not_found(name: &str) -> OpError {
+pub(super) fn not_found(name: &str) -> OpError {
     OpError::NotFound(format!("no instance named {name:?}"))
-}
-
-/// Whether nothing listens on `host:port` (a bind test; the backend binds it moments later).
-pub fn port_free(host: &str, port: u16) -> bool {
-    let host = if host == "localhost" {
-        "127.0.0.1"
-    } else {
-        host
-    };
-    std::net::TcpListener::bind((host, port)).is_ok()
-}
-
-impl crate::stats::snapshot::InstanceSource for Supervisor {
-    /// For `/metrics`: what the table knows, without any D-Bus call.
-    fn instances(&self) -> Vec<crate::stats::snapshot::InstanceInfo> {
-        self.table()
-            .instances
-            .values()
-            .map(|e| {
-                let state = e.state();
-                crate::stats::snapshot::InstanceInfo {
-                    name: e.spec.name.clone(),
-                    state: state.as_str(),
-                    up: state == State::Ready,
-                    running: state.is_running(),
-                    start_time: (e.unit.active_enter_timestamp != 0)
-                        .then_some(e.unit.active_enter_timestamp / 1_000_000),
-                    restarts: e.unit.n_restarts,
-                    control_group: e.unit.control_group.clone(),
-                    in_flight: e.in_flight,
-                    on_demand_starts: e.on_demand_starts,
-                    evictions: e.evictions,
-                }
-            })
-            .collect()
-    }
 }

@@ -116,13 +116,17 @@ async fn ten_concurrent_first_requests_start_it_once() {
         .unwrap();
     let calls = (0..10).map(|_| {
         let sup = r.sup.clone();
-        tokio::spawn(async move { sup.ensure_ready("odm", Duration::from_secs(10), &All).await })
+        tokio::spawn(async move {
+            let h = sup.route("odm").unwrap();
+            sup.ensure_ready(&h, Duration::from_secs(10), &All).await
+        })
     });
     let results = futures_util::future::join_all(calls).await;
     let started: Vec<bool> = results.into_iter().map(|r| r.unwrap().unwrap()).collect();
     assert_eq!(started.iter().filter(|s| **s).count(), 1, "{started:?}");
     assert_eq!(r.units.starts(), [unit("odm")]);
     assert_eq!(r.sup.state_of("odm").unwrap(), State::Ready);
+    assert!(r.sup.route("odm").unwrap().is_ready());
 }
 
 #[tokio::test]
@@ -134,7 +138,7 @@ async fn on_demand_start_off_or_failing_is_an_error_not_a_wait() {
         .unwrap();
     let e = r
         .sup
-        .ensure_ready("off", Duration::from_secs(5), &All)
+        .ensure_ready(&r.sup.route("off").unwrap(), Duration::from_secs(5), &All)
         .await
         .unwrap_err();
     assert!(
@@ -149,7 +153,11 @@ async fn on_demand_start_off_or_failing_is_an_error_not_a_wait() {
     r.units.fail_next_start(&unit("broken"));
     let e = r
         .sup
-        .ensure_ready("broken", Duration::from_secs(5), &All)
+        .ensure_ready(
+            &r.sup.route("broken").unwrap(),
+            Duration::from_secs(5),
+            &All,
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, OpError::Failed(_)), "{e:?}");
@@ -166,9 +174,9 @@ async fn eviction_stops_the_least_recently_used_idle_instance() {
     r.sup.start("evb").await.unwrap();
     // eva served a request after evb started: evb is now the least recently used.
     tokio::time::sleep(Duration::from_millis(5)).await;
-    drop(r.sup.begin_request("evb"));
+    drop(r.sup.handle("evb").unwrap().begin());
     tokio::time::sleep(Duration::from_millis(5)).await;
-    drop(r.sup.begin_request("eva"));
+    drop(r.sup.handle("eva").unwrap().begin());
     r.sup.start("evc").await.unwrap();
     assert_eq!(r.units.stops(), [unit("evb")]);
     assert_eq!(r.sup.state_of("evb").unwrap(), State::Stopped);
@@ -182,7 +190,7 @@ async fn busy_instances_are_never_evicted() {
     r.sup.create("busya", spec(json!({}))).await.unwrap();
     r.sup.create("busyb", spec(json!({}))).await.unwrap();
     r.sup.start("busya").await.unwrap();
-    let held = r.sup.begin_request("busya");
+    let held = r.sup.handle("busya").unwrap().begin();
     let e = r.sup.start("busyb").await.unwrap_err();
     assert!(
         matches!(&e, OpError::Busy(m) if m.contains("in flight")),
@@ -222,7 +230,7 @@ async fn idle_instances_are_stopped_and_busy_ones_kept() {
             .unwrap();
         r.sup.start(n).await.unwrap();
     }
-    let held = r.sup.begin_request("idleb");
+    let held = r.sup.handle("idleb").unwrap().begin();
     wait_state(&r.sup, "idlea", State::Stopped).await;
     assert!(r.sup.state_of("idleb").unwrap().is_running());
     drop(held);
@@ -288,7 +296,7 @@ async fn models_route_by_name_instance_slash_model_and_alias() {
         .await
         .unwrap();
     r.sup.create("rtb", spec(json!({}))).await.unwrap();
-    let route = |m: &str| r.sup.resolve_model(m);
+    let route = |m: &str| r.sup.route(m).map(|h| h.name().to_string());
     assert_eq!(route("rta").as_deref(), Some("rta"));
     assert_eq!(route("rtb/any-model.gguf").as_deref(), Some("rtb"));
     assert_eq!(route("small").as_deref(), Some("rta"));

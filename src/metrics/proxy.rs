@@ -91,47 +91,121 @@ impl ProxyMetrics {
         );
         m
     }
+}
 
-    pub fn observe(
-        &self,
-        instance: &str,
-        endpoint: &str,
-        status: u16,
-        seconds: f64,
-        ttfb: Option<f64>,
-    ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                instance_name: instance.into(),
-                endpoint: endpoint.into(),
-                status,
-            })
-            .inc();
-        let l = EndpointLabels {
-            instance_name: instance.into(),
-            endpoint: endpoint.into(),
-        };
-        self.duration.get_or_create(&l).observe(seconds.max(0.0));
-        if let Some(t) = ttfb {
-            self.ttfb.get_or_create(&l).observe(t.max(0.0));
+/// One instance's proxy series, looked up in the families once per label set and then kept
+/// (with the instance's handle), so a request records its metrics without building label sets
+/// or hashing them. `endpoints` are the endpoint labels the caller uses, by index.
+pub struct InstanceSeries {
+    metrics: ProxyMetrics,
+    instance: String,
+    endpoints: &'static [&'static str],
+    per_endpoint: Vec<std::sync::OnceLock<EndpointSeries>>,
+    prompt: std::sync::OnceLock<Counter>,
+    completion: std::sync::OnceLock<Counter>,
+    tokens_per_second: std::sync::OnceLock<Gauge<f64, AtomicU64>>,
+}
+
+struct EndpointSeries {
+    duration: Histogram,
+    ttfb: Histogram,
+    /// `(status, counter)`: the few statuses an endpoint answers with.
+    requests: std::sync::RwLock<Vec<(u16, Counter)>>,
+}
+
+impl InstanceSeries {
+    pub fn new(metrics: &ProxyMetrics, instance: &str, endpoints: &'static [&'static str]) -> Self {
+        Self {
+            metrics: metrics.clone(),
+            instance: instance.to_string(),
+            endpoints,
+            per_endpoint: endpoints
+                .iter()
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            prompt: std::sync::OnceLock::new(),
+            completion: std::sync::OnceLock::new(),
+            tokens_per_second: std::sync::OnceLock::new(),
         }
     }
 
-    pub fn tokens(&self, instance: &str, prompt: u64, completion: u64, per_second: Option<f64>) {
-        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+    fn endpoint(&self, i: usize) -> Option<&EndpointSeries> {
+        let label = *self.endpoints.get(i)?;
+        Some(self.per_endpoint.get(i)?.get_or_init(|| {
+            let l = EndpointLabels {
+                instance_name: self.instance.clone(),
+                endpoint: label.into(),
+            };
+            EndpointSeries {
+                duration: self.metrics.duration.get_or_create(&l).clone(),
+                ttfb: self.metrics.ttfb.get_or_create(&l).clone(),
+                requests: std::sync::RwLock::new(Vec::new()),
+            }
+        }))
+    }
+
+    /// A finished (or abandoned) request on endpoint number `endpoint`.
+    pub fn observe(&self, endpoint: usize, status: u16, seconds: f64, ttfb: Option<f64>) {
+        let Some(e) = self.endpoint(endpoint) else {
+            return;
+        };
+        let known = e
+            .requests
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, c)| c.clone());
+        let counter = known.unwrap_or_else(|| {
+            let c = self
+                .metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    instance_name: self.instance.clone(),
+                    endpoint: self.endpoints[endpoint].into(),
+                    status,
+                })
+                .clone();
+            let mut w = e.requests.write().unwrap_or_else(|p| p.into_inner());
+            if !w.iter().any(|(s, _)| *s == status) {
+                w.push((status, c.clone()));
+            }
+            c
+        });
+        counter.inc();
+        e.duration.observe(seconds.max(0.0));
+        if let Some(t) = ttfb {
+            e.ttfb.observe(t.max(0.0));
+        }
+    }
+
+    pub fn tokens(&self, prompt: u64, completion: u64, per_second: Option<f64>) {
+        for (kind, n, slot) in [
+            ("prompt", prompt, &self.prompt),
+            ("completion", completion, &self.completion),
+        ] {
             if n > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        instance_name: instance.into(),
-                        r#type: kind.into(),
-                    })
-                    .inc_by(n);
+                slot.get_or_init(|| {
+                    self.metrics
+                        .tokens
+                        .get_or_create(&TokenLabels {
+                            instance_name: self.instance.clone(),
+                            r#type: kind.into(),
+                        })
+                        .clone()
+                })
+                .inc_by(n);
             }
         }
         if let Some(tps) = per_second.filter(|t| t.is_finite() && *t >= 0.0) {
             self.tokens_per_second
-                .get_or_create(&InstanceLabels {
-                    instance_name: instance.into(),
+                .get_or_init(|| {
+                    self.metrics
+                        .tokens_per_second
+                        .get_or_create(&InstanceLabels {
+                            instance_name: self.instance.clone(),
+                        })
+                        .clone()
                 })
                 .set(tps);
         }

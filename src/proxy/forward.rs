@@ -4,8 +4,8 @@
 
 use super::tokens::{SseScanner, Usage};
 use super::upstream;
-use crate::instance::demand::InFlight;
-use crate::metrics::proxy::ProxyMetrics;
+use crate::instance::handle::InFlight;
+use crate::metrics::proxy::InstanceSeries;
 use axum::body::{Body, Bytes};
 use axum::http::{header, Response};
 use http_body_util::BodyExt;
@@ -15,11 +15,16 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
+/// The `status` label of a request whose client went away before the response ended (nginx's
+/// convention), rather than the backend's status the client never fully got.
+pub const CLIENT_GONE: u16 = 499;
+
 /// What the metrics need once the response is over.
 pub struct Watch {
-    pub metrics: ProxyMetrics,
-    pub instance: String,
-    pub endpoint: &'static str,
+    /// The instance's series (kept on its handle).
+    pub series: std::sync::Arc<InstanceSeries>,
+    /// Index into `super::ENDPOINTS`.
+    pub endpoint: usize,
     pub started: Instant,
     /// Held for its `Drop`: the request stops counting as in flight when the stream ends.
     /// (`None` only in tests, which have no supervisor.)
@@ -66,15 +71,16 @@ impl Tap {
         }
     }
 
-    fn finish(&mut self) {
+    /// Records the request: with the backend's status when the body ended (or the backend
+    /// broke off), with `CLIENT_GONE` when the client left before the end.
+    fn finish(&mut self, status: u16) {
         if self.finished {
             return;
         }
         self.finished = true;
         let total = self.watch.started.elapsed().as_secs_f64();
         let w = &self.watch;
-        w.metrics
-            .observe(&w.instance, w.endpoint, self.status, total, self.first_byte);
+        w.series.observe(w.endpoint, status, total, self.first_byte);
         let mut usage = Usage::default();
         match std::mem::replace(&mut self.scan, Scan::None) {
             Scan::Json(kept, _) if kept.len() == 1 => usage.absorb_json(&kept[0]),
@@ -88,8 +94,7 @@ impl Tap {
                 (usage.completion > 0 && generation > 0.0)
                     .then(|| usage.completion as f64 / generation)
             });
-            w.metrics
-                .tokens(&w.instance, usage.prompt, usage.completion, tps);
+            w.series.tokens(usage.prompt, usage.completion, tps);
             if let Some(k) = &w.usage {
                 k.tokens(usage.prompt, usage.completion);
             }
@@ -113,10 +118,10 @@ impl HttpBody for Tap {
                     this.seen(d);
                 }
                 if this.body.is_end_stream() {
-                    this.finish();
+                    this.finish(this.status);
                 }
             }
-            _ => this.finish(),
+            _ => this.finish(this.status),
         }
         Poll::Ready(next)
     }
@@ -134,9 +139,16 @@ impl HttpBody for Tap {
 
 impl Drop for Tap {
     fn drop(&mut self) {
-        // A client that left mid-stream: record what was seen; dropping `body` closes the
-        // upstream connection, which makes llama-server stop generating.
-        self.finish();
+        // A client that left mid-stream: counted as such (nginx's 499), with the tokens seen;
+        // dropping `body` closes the upstream connection, which makes llama-server stop
+        // generating.
+        // A body with nothing left (HEAD, 204, a complete one) was delivered in full.
+        let status = if self.body.is_end_stream() {
+            self.status
+        } else {
+            CLIENT_GONE
+        };
+        self.finish(status);
     }
 }
 
@@ -180,7 +192,7 @@ pub async fn read_body(body: Body, max: usize) -> Result<Bytes, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::proxy::TokenLabels;
+    use crate::metrics::proxy::{ProxyMetrics, TokenLabels};
     use axum::http::Method;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -230,14 +242,61 @@ mod tests {
             .await
             .expect("backend answers");
         let watch = Watch {
-            metrics: metrics.clone(),
-            instance: "t".into(),
-            endpoint: "chat_completions",
+            series: std::sync::Arc::new(InstanceSeries::new(
+                &metrics,
+                "t",
+                super::super::ENDPOINTS,
+            )),
+            endpoint: 0,
             started: Instant::now(),
             _in_flight: None,
             usage: None,
         };
         (respond(head, body, watch).into_body(), metrics)
+    }
+
+    fn requests(m: &ProxyMetrics, status: u16) -> u64 {
+        m.requests
+            .get_or_create(&crate::metrics::proxy::RequestLabels {
+                instance_name: "t".into(),
+                endpoint: "chat_completions".into(),
+                status,
+            })
+            .get()
+    }
+
+    /// A client that leaves mid-stream is counted as 499 (with the tokens seen so far), not
+    /// as the backend's 200; one that reads to the end, as 200.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_client_that_leaves_mid_stream_is_counted_as_499() {
+        for read_all in [false, true] {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = l.local_addr().expect("addr");
+            tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.expect("accept");
+                read_request(&mut s).await;
+                s.write_all(HEAD.as_bytes()).await.expect("write");
+                s.write_all(chunk(EVENTS[0]).as_bytes())
+                    .await
+                    .expect("write");
+                if read_all {
+                    let rest: String = EVENTS[1..].iter().map(|e| chunk(e)).collect();
+                    let _ = s.write_all(format!("{rest}0\r\n\r\n").as_bytes()).await;
+                }
+                let _ = s.read(&mut [0u8; 16]).await;
+            });
+            let (mut body, metrics) = proxied(addr).await;
+            let first = body.frame().await.expect("a frame").expect("data");
+            assert!(first.is_data());
+            if read_all {
+                while let Some(f) = body.frame().await {
+                    f.expect("frame");
+                }
+            }
+            drop(body);
+            let (gone, ok) = (requests(&metrics, CLIENT_GONE), requests(&metrics, 200));
+            assert_eq!((gone, ok), if read_all { (0, 1) } else { (1, 0) });
+        }
     }
 
     fn tokens(m: &ProxyMetrics, kind: &str) -> u64 {

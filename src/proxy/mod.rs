@@ -10,8 +10,10 @@ mod upstream;
 pub use upstream::idle_sweeper;
 
 use crate::config::{Live, ProxyConfig};
-use crate::instance::demand::{InFlight, Requester};
+use crate::instance::demand::Requester;
+use crate::instance::handle::{Handle, InFlight};
 use crate::instance::{OpError, Rights, Supervisor};
+use crate::metrics::proxy::InstanceSeries;
 use crate::metrics::proxy::ProxyMetrics;
 use axum::extract::{Extension, Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -43,6 +45,13 @@ impl Proxy {
     /// `[proxy]` in force.
     pub fn config(&self) -> Arc<ProxyConfig> {
         self.config.get()
+    }
+
+    /// The instance's proxy series, made on its first request and kept on its handle.
+    fn series(&self, h: &Handle) -> Arc<InstanceSeries> {
+        h.ext(|| Arc::new(InstanceSeries::new(&self.metrics, h.name(), ENDPOINTS)))
+            .cloned()
+            .unwrap_or_else(|| Arc::new(InstanceSeries::new(&self.metrics, h.name(), ENDPOINTS)))
     }
 
     /// Applies a reloaded `[proxy]`: the next request uses it.
@@ -158,16 +167,29 @@ fn op_error(e: OpError) -> Response {
     }
 }
 
-/// A bounded label for the endpoint a request went to.
-fn endpoint(path: &str) -> &'static str {
+/// The `endpoint` label values, by index.
+pub const ENDPOINTS: &[&str] = &[
+    "chat_completions",
+    "completions",
+    "embeddings",
+    "rerank",
+    "infill",
+    "messages",
+    "other",
+    "direct",
+];
+const DIRECT: usize = 7;
+
+/// The endpoint a request went to (index into `ENDPOINTS`): a bounded label.
+fn endpoint(path: &str) -> usize {
     match path {
-        "/v1/chat/completions" => "chat_completions",
-        "/v1/completions" => "completions",
-        "/v1/embeddings" => "embeddings",
-        "/v1/rerank" | "/v1/reranking" => "rerank",
-        "/infill" => "infill",
-        "/v1/messages" => "messages",
-        _ => "other",
+        "/v1/chat/completions" => 0,
+        "/v1/completions" => 1,
+        "/v1/embeddings" => 2,
+        "/v1/rerank" | "/v1/reranking" => 3,
+        "/infill" => 4,
+        "/v1/messages" => 5,
+        _ => 6,
     }
 }
 
@@ -271,10 +293,10 @@ pub async fn model_request(s: &Proxy, req: Request, caller: &dyn Caller) -> Resp
             )
         }
     };
-    let Some(name) = s
+    let Some(handle) = s
         .instances
-        .resolve_model(&model)
-        .filter(|n| caller.may_use(n))
+        .route(&model)
+        .filter(|h| caller.may_use(h.name()))
     else {
         return oai_error(
             StatusCode::NOT_FOUND,
@@ -285,11 +307,11 @@ pub async fn model_request(s: &Proxy, req: Request, caller: &dyn Caller) -> Resp
     };
     // In flight from here on, so neither idle stop nor eviction can take the instance away
     // between it being made ready and the request reaching it.
-    let in_flight = s.instances.begin_request(&name);
+    let in_flight = handle.begin();
     let timeout = cfg.start_timeout.get();
     if let Err(e) = s
         .instances
-        .ensure_ready(&name, timeout, caller.requester())
+        .ensure_ready(&handle, timeout, caller.requester())
         .await
     {
         return op_error(e);
@@ -300,7 +322,6 @@ pub async fn model_request(s: &Proxy, req: Request, caller: &dyn Caller) -> Resp
         .map(|p| p.as_str())
         .unwrap_or("/");
     let out = Outgoing {
-        name: &name,
         in_flight,
         endpoint: endpoint(parts.uri.path()),
         started,
@@ -361,10 +382,12 @@ async fn direct<T: HasProxy>(
         Ok(b) => b,
         Err(r) => return r,
     };
+    let Some(handle) = s.instances.handle(&name) else {
+        return op_error(OpError::NotFound(format!("no instance named {name:?}")));
+    };
     let out = Outgoing {
-        name: &name,
-        in_flight: s.instances.begin_request(&name),
-        endpoint: "direct",
+        in_flight: handle.begin(),
+        endpoint: DIRECT,
         started,
         usage: caller.0.usage(),
     };
@@ -372,39 +395,41 @@ async fn direct<T: HasProxy>(
 }
 
 /// A request on its way to an instance, and what its metrics need.
-struct Outgoing<'a> {
-    name: &'a str,
+struct Outgoing {
     in_flight: InFlight,
-    endpoint: &'static str,
+    endpoint: usize,
     started: Instant,
     usage: Option<Arc<dyn KeyUsage>>,
 }
 
 async fn send(
     s: &Proxy,
-    out: Outgoing<'_>,
+    out: Outgoing,
     method: &axum::http::Method,
     headers: &axum::http::HeaderMap,
     path_and_query: &str,
     body: axum::body::Bytes,
 ) -> Response {
     let Outgoing {
-        name,
         in_flight,
         endpoint,
         started,
         usage,
     } = out;
-    let Some((addr, backend_key)) = s.instances.backend_target(name) else {
-        return op_error(OpError::NotFound(format!("no instance named {name:?}")));
+    let handle = in_flight.handle();
+    let name = handle.name();
+    let series = s.series(handle);
+    let target = handle.target();
+    let Some(addr) = target.addr.as_deref() else {
+        return op_error(OpError::NotFound(format!("instance {name:?} has no port")));
     };
     let head = match upstream::encode_head(
         method,
         path_and_query,
         headers,
-        &addr,
+        addr,
         body.len(),
-        backend_key.as_deref(),
+        target.backend_key.as_deref(),
     ) {
         Ok(h) => h,
         Err(e) => {
@@ -416,13 +441,12 @@ async fn send(
             )
         }
     };
-    match upstream::send(&addr, &head, &body, method).await {
+    match upstream::send(addr, &head, &body, method).await {
         Ok((head, body)) => forward::respond(
             head,
             body,
             forward::Watch {
-                metrics: s.metrics.clone(),
-                instance: name.to_string(),
+                series,
                 endpoint,
                 started,
                 _in_flight: Some(in_flight),
@@ -430,8 +454,7 @@ async fn send(
             },
         ),
         Err(e) => {
-            s.metrics
-                .observe(name, endpoint, 502, started.elapsed().as_secs_f64(), None);
+            series.observe(endpoint, 502, started.elapsed().as_secs_f64(), None);
             oai_error(
                 StatusCode::BAD_GATEWAY,
                 "server_error",
