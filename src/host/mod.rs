@@ -8,12 +8,12 @@
 use std::path::PathBuf;
 
 pub mod caps;
-pub mod cgroup;
+pub mod cgroup_layout;
 pub mod meminfo;
 pub mod users;
 
 pub use self::caps::effective_capabilities;
-pub use self::cgroup::{detect_layout, own_cgroup, CgroupLayout};
+pub use self::cgroup_layout::{detect_layout, own_cgroup, CgroupLayout};
 pub use self::meminfo::{read_meminfo, MemInfo};
 
 /// Where procfs and sysfs are mounted.
