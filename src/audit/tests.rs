@@ -1,3 +1,5 @@
+//! Audit records: encoding for the journal and the file, queries, admission and the retry queue.
+
 use super::*;
 use crate::config::AuditConfig;
 use std::os::unix::net::UnixDatagram;

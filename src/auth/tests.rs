@@ -1,3 +1,5 @@
+//! Access control decisions: principals, route needs, key checks, browser defences.
+
 use super::*;
 use crate::config::KeyConfig;
 use axum::http::HeaderValue;

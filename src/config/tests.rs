@@ -1,3 +1,5 @@
+//! Config parsing, defaults, validation and the errors an operator sees (file, line, key).
+
 use super::*;
 use std::path::Path;
 

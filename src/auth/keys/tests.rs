@@ -1,3 +1,5 @@
+//! The key store: creation, lookup, expiry, revocation, usage totals, keys.json on disk.
+
 use super::*;
 use crate::config::{Expiry, Secret};
 

@@ -1,3 +1,5 @@
+//! The typed spec: names, options to flags, bounded values, errors naming the field, round trips.
+
 use super::*;
 use crate::config::BackendsConfig;
 use serde_json::{json, Value};

@@ -1,3 +1,5 @@
+//! The backend client against real sockets: framing, keep-alive reuse, error cases.
+
 use super::chunked::{Chunked, MAX_CHUNK_LINE};
 use super::head::Parsed;
 use super::*;
