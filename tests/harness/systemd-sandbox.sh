@@ -19,6 +19,10 @@
 # already present on Debian 12):
 #   * A dedicated cgroup "$NAME" is created below the caller's own cgroup in
 #     every mounted cgroup hierarchy (v1 controllers, name=systemd, cgroup2).
+#     On a pure cgroup v2 host the caller's cgroup must be delegated to it
+#     (`systemd-run --scope -p Delegate=yes`, or a container's own root): its
+#     processes move to a leaf "$NAME.caller" and it enables its controllers
+#     for "$NAME", which becomes the root of the sandbox's cgroup namespace.
 #   * `unshare` creates new mount, PID, UTS, IPC, cgroup (and by default
 #     network) namespaces.  Inside, PID 1 builds a root filesystem that is an
 #     OVERLAY of the host "/" (read-only lower) with a throw-away tmpfs upper,
@@ -101,6 +105,7 @@ cgroup_hierarchies() {
                     p = L[i]; sub(/^[^:]*:[^:]*:/, "", p); path[f[2]] = p } }
         { for (i = 7; i <= NF; i++) if ($i == "-") break;
           fstype = $(i+1); sopts = $(i+3); mp = $5;
+          if (mp == "/sys/fs/cgroup" && fstype == "cgroup2") { print mp, "cgroup2", "-", path[""]; next }
           if (mp !~ /^\/sys\/fs\/cgroup\//) next;
           if (fstype == "cgroup2") { print mp, "cgroup2", "-", path[""]; next }
           if (fstype != "cgroup") next;
@@ -110,6 +115,38 @@ cgroup_hierarchies() {
                   o[j] ~ /^release_agent=/) continue;
               ctl = ctl (ctl == "" ? "" : ",") o[j] }
           print mp, "cgroup", ctl, path[ctl] }' /proc/self/mountinfo
+}
+
+pure_v2() { [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]]; }
+
+# Pure v2 (a modern host, or a container on one): cgroups hold processes only in leaves, and a
+# child gets only the controllers its parent enables for it. So the caller's cgroup (a
+# delegated one: `systemd-run --scope -p Delegate=yes`, or a container's root) must hand its
+# processes to a leaf of their own ($NAME.caller) before it can enable its controllers for the
+# sandbox's cgroup. The leaf stays while the caller's processes live; `down` removes it when
+# it is empty.
+v2_prepare_parent() {
+    local own parent pid c
+    own=$(awk -F: '$1 == "0" { print $3 }' /proc/self/cgroup)
+    parent=/sys/fs/cgroup${own%/}
+    [[ -d $parent ]] || die "cannot find my cgroup $parent"
+    if [[ $parent == /sys/fs/cgroup ]] && [[ -d /run/systemd/system ]]; then
+        die "refusing to rearrange the root cgroup of a systemd host; run me in a delegated scope: systemd-run --scope -p Delegate=yes $0 up"
+    fi
+    if [[ -s $parent/cgroup.procs ]]; then
+        mkdir -p "$parent/$NAME.caller"
+        for ((c = 0; c < 20; c++)); do
+            while read -r pid; do
+                echo "$pid" >"$parent/$NAME.caller/cgroup.procs" 2>/dev/null || true
+            done <"$parent/cgroup.procs"
+            [[ -s $parent/cgroup.procs ]] || break
+        done
+        [[ -s $parent/cgroup.procs ]] && die "cannot move the processes of $parent into a leaf (is it delegated?)"
+    fi
+    for c in $(cat "$parent/cgroup.controllers"); do
+        echo "+$c" >"$parent/cgroup.subtree_control" 2>/dev/null || log "WARNING: cannot enable $c for $parent's children"
+    done
+    echo "$parent/$NAME.caller" >"$STATE/caller-leaf"
 }
 
 # The cgroup dirs on the HOST that belong to this harness (one per hierarchy)
@@ -144,6 +181,11 @@ inner_init() {
 
     # --- /sys read-only; cgroups re-mounted inside our cgroup namespace -------
     mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
+    if pure_v2; then
+        # One unified hierarchy: mounted in this cgroup namespace, its root is our delegated
+        # cgroup (as systemd-nspawn and Podman do).
+        mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup"
+    else
     mount -t tmpfs -o mode=0755,nosuid,nodev,noexec,size=1M cgroup-tmpfs "$R/sys/fs/cgroup"
     local mp fstype ctl _p hier
     hier=$(cgroup_hierarchies)     # read fully BEFORE mounting anything
@@ -176,6 +218,7 @@ inner_init() {
         if [[ -L $l && ! -e $R$l ]]; then ln -sfn "$(readlink "$l")" "$R$l"; fi
     done
     mount -o remount,ro,nosuid,nodev,noexec,size=1M "$R/sys/fs/cgroup"
+    fi
 
     # --- private /dev ---------------------------------------------------------
     mount -t tmpfs -o mode=0755,nosuid,size=4M "$NAME-dev" "$R/dev"
@@ -358,8 +401,10 @@ in_ns() {  # run a command inside the container, no questions asked
 
 cmd_up() {
     [[ $EUID -eq 0 ]] || die "must be root"
-    [[ $(stat -fc %T /sys/fs/cgroup) == tmpfs ]] ||
-        die "/sys/fs/cgroup is not a tmpfs (pure cgroup v2 host?): this script targets hybrid/legacy hosts without systemd as PID 1; on a systemd host use systemd-nspawn or a delegated scope instead"
+    case $(stat -fc %T /sys/fs/cgroup) in
+        tmpfs|cgroup2fs) ;;
+        *) die "/sys/fs/cgroup is neither a hybrid/legacy tmpfs nor a cgroup2 mount" ;;
+    esac
     if pid1 >/dev/null 2>&1; then die "already up (pid1=$(pid1)); run down first"; fi
     local t0; t0=$(now_ms)
     # leftovers of a crashed/killed earlier run (processes, cgroups)?
@@ -374,6 +419,7 @@ cmd_up() {
 
     # 1) one cgroup per hierarchy, below the caller's own cgroup
     local mp fstype ctl path dirs=()
+    if pure_v2; then v2_prepare_parent; fi
     while read -r mp fstype ctl path; do
         local d="$mp${path%/}/$NAME"
         [[ -d $d ]] && rmdir "$d" 2>/dev/null || true   # stale from a crash
@@ -550,6 +596,9 @@ down_quiet() {
         done
         [[ -d $d ]] && { log "WARNING: could not remove cgroup $d"; left=1; }
     done < <(harness_cgroup_dirs)
+    # Pure v2: the caller's leaf, once its processes are gone (best effort: the caller may
+    # still be running in it).
+    if [[ -f $STATE/caller-leaf ]]; then rmdir "$(cat "$STATE/caller-leaf")" 2>/dev/null || true; fi
     local t1; t1=$(now_ms)
     [[ -d $STATE ]] && echo "down_ms=$((t1 - t0)) via=$how" >>"$STATE/timing.down" 2>/dev/null || true
     log "down: $((t1 - t0)) ms (via $how)"

@@ -37,8 +37,11 @@ extern "C" fn power_off() {
     }
 }
 
+/// Whether to use the running manager. `LLAMACTL_TEST_SANDBOX=1` boots the private one even
+/// then (from a delegated scope on a pure cgroup v2 host: `systemd-run --scope -p Delegate=yes`).
 fn under_systemd() -> bool {
-    Path::new("/run/systemd/system").is_dir()
+    std::env::var_os("LLAMACTL_TEST_SANDBOX").is_none_or(|v| v != "1")
+        && Path::new("/run/systemd/system").is_dir()
         && std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd")
 }
 
