@@ -13,7 +13,7 @@ use prometheus_client::registry::Unit;
 use std::sync::Arc;
 
 /// Every state an instance can be in, each a series of `llamactl_instance_state` (1 = current).
-const STATES: &[&str] = &[
+pub(super) const STATES: &[&str] = &[
     "stopped",
     "starting",
     "loading",
