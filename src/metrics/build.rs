@@ -8,23 +8,26 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
-    arch: &'static str,
-    os: &'static str,
+pub(crate) struct BuildLabels {
+    pub version: &'static str,
+    pub arch: &'static str,
+    pub os: &'static str,
 }
+
+/// The running build (a test may pass other labels to [`register`]).
+pub(crate) const THIS_BUILD: BuildLabels = BuildLabels {
+    version: env!("CARGO_PKG_VERSION"),
+    arch: std::env::consts::ARCH,
+    os: std::env::consts::OS,
+};
 
 /// Registers the info metric as `build` in `registry`, which is expected to carry the
 /// `llamactl` prefix; the encoder appends `_info`.
-pub fn register(registry: &mut Registry) {
+pub(crate) fn register(registry: &mut Registry, labels: BuildLabels) {
     registry.register(
         "build",
         "Build information about llamactl; the value is always 1",
-        Info::new(BuildLabels {
-            version: env!("CARGO_PKG_VERSION"),
-            arch: std::env::consts::ARCH,
-            os: std::env::consts::OS,
-        }),
+        Info::new(labels),
     );
 }
 
@@ -35,7 +38,7 @@ mod tests {
     #[test]
     fn build_info_has_version_arch_and_os() {
         let mut registry = Registry::with_prefix("llamactl");
-        register(&mut registry);
+        register(&mut registry, THIS_BUILD);
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
         let expected = format!(

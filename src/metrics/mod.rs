@@ -158,16 +158,26 @@ impl Metrics {
     /// Builds the registry. `paths` is where the process collector reads procfs; `sampler`
     /// provides instance, host and GPU statistics and the enabled metric groups.
     pub fn with_sampler(paths: HostPaths, sampler: Arc<Sampler>) -> Metrics {
+        Self::assemble(ProcessCollector::new(paths), build::THIS_BUILD, sampler)
+    }
+
+    /// [`Metrics::with_sampler`] with the process collector and build labels given (a test
+    /// passes fixed ones so the whole exposition is reproducible).
+    fn assemble(
+        process: ProcessCollector,
+        build: build::BuildLabels,
+        sampler: Arc<Sampler>,
+    ) -> Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let durations: DurationFamily =
             Family::new_with_constructor(new_duration_histogram as fn() -> Histogram);
 
         let mut registry = Registry::default();
         // Unprefixed: process_* are standard names shared by every exporter.
-        registry.register_collector(Box::new(ProcessCollector::new(paths)));
+        registry.register_collector(Box::new(process));
 
         let llamactl = registry.sub_registry_with_prefix("llamactl");
-        build::register(llamactl);
+        build::register(llamactl, build);
         llamactl.register_collector(Box::new(ResourceCollector::new(sampler.clone())));
         let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         llamactl.register_collector(Box::new(ApiCollector {
@@ -239,5 +249,7 @@ impl Metrics {
     }
 }
 
+#[cfg(test)]
+mod golden;
 #[cfg(test)]
 mod tests;

@@ -33,10 +33,15 @@ pub struct ProcessCollector {
 
 impl ProcessCollector {
     pub fn new(paths: HostPaths) -> Self {
+        Self::with_units(paths, procfs::ticks_per_second(), procfs::page_size())
+    }
+
+    /// With the clock tick and page size given rather than this machine's, for fixture trees.
+    pub(crate) fn with_units(paths: HostPaths, ticks_per_second: u64, page_size: u64) -> Self {
         Self {
             paths,
-            ticks_per_second: procfs::ticks_per_second(),
-            page_size: procfs::page_size(),
+            ticks_per_second,
+            page_size,
         }
     }
 
@@ -211,11 +216,7 @@ mod tests {
     }
 
     fn fixture_collector(name: &str) -> ProcessCollector {
-        ProcessCollector {
-            paths: fixture_paths(name),
-            ticks_per_second: 100,
-            page_size: 4096,
-        }
+        ProcessCollector::with_units(fixture_paths(name), 100, 4096)
     }
 
     #[test]
