@@ -262,13 +262,17 @@ fn traffic(m: &Metrics) {
         m.observe_request(method, route, status, seconds);
     }
 
-    let p = &m.proxy;
-    p.observe("smol", "/v1/chat/completions", 200, 1.8, Some(0.12));
-    p.observe("smol", "/v1/chat/completions", 200, 35.0, Some(0.3));
-    p.observe("smol", "/v1/embeddings", 200, 0.004, Some(0.004));
-    p.observe("sparse", "/v1/completions", 503, 0.002, None);
-    p.tokens("smol", 120, 480, Some(42.5));
-    p.tokens("smol", 30, 0, None);
+    // The proxy's endpoint labels, as `proxy::ENDPOINTS` has them (a subset).
+    const ENDPOINTS: &[&str] = &["chat_completions", "embeddings", "completions"];
+    let smol = super::proxy::InstanceSeries::new(&m.proxy, "smol", ENDPOINTS);
+    let sparse = super::proxy::InstanceSeries::new(&m.proxy, "sparse", ENDPOINTS);
+    smol.observe(0, 200, 1.8, Some(0.12));
+    smol.observe(0, 200, 35.0, Some(0.3));
+    smol.observe(0, 499, 3.5, Some(0.2));
+    smol.observe(1, 200, 0.004, Some(0.004));
+    sparse.observe(2, 503, 0.002, None);
+    smol.tokens(120, 480, Some(42.5));
+    smol.tokens(30, 0, None);
 
     let a = &m.access;
     a.count_auth("management", "success");
