@@ -15,6 +15,9 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 repo=$PWD
 
 command -v rpmbuild >/dev/null || { echo "rpm-check: rpmbuild missing (apt-get install rpm)" >&2; exit 1; }
+if ! command -v cpio >/dev/null; then
+    apt-get install -y -qq --no-install-recommends cpio >/dev/null 2>&1 || { echo "rpm-check: cpio missing" >&2; exit 1; }
+fi
 version=$(awk -F'"' '/^version *=/ { print $2; exit }' Cargo.toml)
 top=$(mktemp -d /tmp/llamactl-rpm.XXXXXX)
 trap 'rm -rf "$top"' EXIT
@@ -59,9 +62,10 @@ has_files() {
     for f in /usr/bin/llamactld /usr/bin/llamactl /usr/lib/systemd/system/llamactl.service \
         /usr/lib/sysusers.d/llamactl.conf /usr/lib/systemd/catalog/llamactl.catalog \
         /etc/llamactl/config.toml /etc/logrotate.d/llamactl \
-        /usr/share/man/man8/llamactld.8.gz /usr/share/man/man1/llamactl.1.gz \
+        /usr/share/man/man8/llamactld.8 /usr/share/man/man1/llamactl.1 \
         /usr/share/bash-completion/completions/llamactl; do
-        grep -qxF "$f" <<<"$files" || missing+=("$f")
+        # Man pages are compressed by the distribution's brp scripts (not on Debian's rpm).
+        grep -qxE "$f(\.gz)?" <<<"$files" || missing+=("$f")
     done
     ((${#missing[@]} == 0)) || { echo "missing: ${missing[*]}"; return 1; }
 }
@@ -79,8 +83,7 @@ binary_runs() {
     rm -rf "$d"
     return $rc
 }
-command -v rpm2cpio >/dev/null && command -v cpio >/dev/null &&
-    check "the packaged llamactld runs (--version $version)" binary_runs
+check "the packaged llamactld runs (--version $version)" binary_runs
 pre_group() { scriptlet preinstall | grep -q 'groupadd -r llamactl' || { echo "%pre does not create the llamactl group"; return 1; }; }
 check "%pre creates the admin socket's group" pre_group
 preun_stops() {
