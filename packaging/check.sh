@@ -170,7 +170,7 @@ inputs() {
     local f missing=0
     for f in units/llamactl.service etc/llamactl/config.toml man/llamactld.8 man/llamactl.1 \
         packaging/sysusers/llamactl.conf packaging/journal/llamactl.catalog packaging/logrotate/llamactl \
-        README.md $(cat debian/llamactl.examples); do
+        README.md $(cat debian/llamactl.examples) $(awk '!/^#/ { print $1 }' debian/llamactl.install); do
         [ -f "$f" ] || { echo "missing: $f"; missing=1; }
     done
     return $missing
