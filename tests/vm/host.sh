@@ -98,9 +98,14 @@ src=$tmp/build/llamactl
 mkdir -p "$src" "$repo/target/vm-test"
 git -C "$repo" archive HEAD | tar -x -C "$src"
 # cargo's cache lives with the repository's target/ (warm between runs; cargo clean removes it).
-# git archive stamps files with the commit time: stamp them now, so cargo rebuilds this crate
-# from these sources rather than trusting an older build of different ones.
-find "$src" -exec touch -h {} +
+# git archive stamps files with the commit time, which may be older than the last build of
+# different sources in that cache: unless that build was of this very tree, stamp them now so
+# cargo rebuilds this crate from them.
+tree_id=$(git -C "$repo" rev-parse 'HEAD^{tree}')
+if [[ $(cat "$repo/target/vm-test/.built-tree" 2>/dev/null) != "$tree_id" ]]; then
+    rm -f "$repo/target/vm-test/.built-tree"
+    find "$src" -exec touch -h {} +
+fi
 ln -s "$repo/target/vm-test" "$src/target"
 
 deb_old='' deb_new='' fake=''
@@ -111,6 +116,7 @@ if (cd "$src" && dpkg-buildpackage -b -us -uc) >"$tmp/build-old.log" 2>&1; then
 fi
 if [[ -n $deb_old ]]; then
     hcheck_ok deb-build
+    echo "$tree_id" >"$repo/target/vm-test/.built-tree"
     hnote "deb: $(basename "$deb_old") ($(stat -c %s "$deb_old") bytes)"
 else
     hcheck_fail deb-build "dpkg-buildpackage failed: $(tail -n 2 "$tmp/build-old.log" | tr '\n' ' ')"
@@ -122,7 +128,9 @@ if [[ -n $deb_old ]]; then
     {
         printf 'llamactl (%s) unstable; urgency=medium\n\n' "$new_version"
         printf '  * tools/vm-test: the same code at a higher version, for the upgrade check.\n\n'
-        printf ' -- %s  %s\n\n' "$(cd "$src" && dpkg-parsechangelog -S Maintainer)" "$(date -R)"
+        # The same date: SOURCE_DATE_EPOCH comes from it, and a build script (libmimalloc-sys)
+        # reruns when it changes, which would rebuild the whole crate a second time.
+        printf ' -- %s  %s\n\n' "$(cd "$src" && dpkg-parsechangelog -S Maintainer)" "$(cd "$src" && dpkg-parsechangelog -S Date)"
         cat "$src/debian/changelog"
     } >"$tmp/changelog" && mv "$tmp/changelog" "$src/debian/changelog"
     say "dpkg-buildpackage -b -us -uc ($new_version)"
