@@ -157,6 +157,16 @@ c_instance() {
     llamactl health "$NAME" >/dev/null || { echo "llamactl health $NAME: not ready"; return 1; }
 }
 
+# A second instance that fails: its unit stays loaded, failed (CollectMode=inactive), until
+# something resets it. Remove must not leave it behind.
+c_failed() {
+    env -u LLAMACTL_URL -u LLAMACTL_API_KEY llamactl create vmfail --backend command -p "$((PORT + 1))" --no-auto-restart \
+        -- /bin/false >"$OUT/create-failed.log" 2>&1 || { tail -n 3 "$OUT/create-failed.log"; return 1; }
+    llamactl start vmfail >>"$OUT/create-failed.log" 2>&1 || true
+    wait_for 60 systemctl is-failed --quiet llamactl-vmfail.service \
+        || { echo "llamactl-vmfail.service is $(systemctl is-active llamactl-vmfail.service), not failed"; return 1; }
+}
+
 # The files the daemon's pure-v2 reader uses (src/stats/cgroup.rs read_v2), present for the unit.
 c_cgfiles() {
     local f missing=()
@@ -280,9 +290,11 @@ c_remove() {
 }
 
 c_rm_stopped() {
-    local active
-    active=$(systemctl list-units --state=active --plain --no-legend 'llamactl*.service' | awk '{ print $1 }' | tr '\n' ' ')
+    local active failed
+    active=$(systemctl list-units --state=active --plain --no-legend 'llamactl*' | awk '{ print $1 }' | tr '\n' ' ')
     [[ -z $active ]] || { echo "still active: $active"; return 1; }
+    failed=$(systemctl list-units --state=failed --plain --no-legend 'llamactl*' | awk '{ print $1 }' | tr '\n' ' ')
+    [[ -z $failed ]] || { echo "still loaded, failed: $failed"; return 1; }
     if pgrep -x fake_backend >/dev/null; then echo "fake_backend still runs (pid $(pgrep -x fake_backend))"; return 1; fi
 }
 
@@ -326,6 +338,7 @@ check system-health-layout-v2 c_layout
 check shared-files-installed c_files
 check -c config-command-backend c_config
 check -c instance-started c_instance
+check instance-failed c_failed
 check cgroup-v2-files c_cgfiles
 check -c metrics-scraped c_scrape
 check metrics-memory-current c_m_memory
