@@ -286,6 +286,8 @@ c_up_adopted() {
 # --- remove, then purge ---
 c_remove() {
     dpkg -r llamactl >"$OUT/dpkg-remove.log" 2>&1 || { tail -n 3 "$OUT/dpkg-remove.log"; return 1; }
+    # Quietly: a maintainer script's warning or systemctl's "Failed to ..." is a failure here.
+    if grep -Ei 'warning|failed|error' "$OUT/dpkg-remove.log"; then return 1; fi
     [[ $(dpkg-query -W -f='${Status}' llamactl) == "deinstall ok config-files" ]] || { echo "dpkg-query: $(dpkg-query -W -f='${Status}' llamactl)"; return 1; }
 }
 
@@ -305,6 +307,7 @@ c_rm_kept() {
 
 c_purge() {
     dpkg --purge llamactl >"$OUT/dpkg-purge.log" 2>&1 || { tail -n 3 "$OUT/dpkg-purge.log"; return 1; }
+    if grep -Ei 'warning|failed|error' "$OUT/dpkg-purge.log"; then return 1; fi
     if dpkg-query -W llamactl >/dev/null 2>&1; then echo "dpkg still knows llamactl"; return 1; fi
 }
 
