@@ -182,10 +182,12 @@ if [[ -n $deb_old && -n $deb_new && -n $fake ]]; then
     install -m 0644 "$deb_new" "$tmp/data/debs/new.deb"
     install -m 0755 "$fake" "$tmp/data/fake_backend"
     say "disks: mkfs.ext4 -d (root from the cached tree, data with the packages)"
-    mkfs.ext4 -q -F -L vmtest-root -d "$tree" "$tmp/root.img" 3G
+    mkfs.ext4 -q -F -L vmtest-root -d "$tree" "$tmp/root.img" 3G >"$tmp/mkfs.log" 2>&1 \
+        || { cat "$tmp/mkfs.log" >&2; die "mkfs.ext4 -d of the rootfs failed"; }
     # No journal on the data disk: what the guest wrote is where debugfs reads it, even if the
     # guest had to be killed.
-    mkfs.ext4 -q -F -L vmtest-data -O ^has_journal -d "$tmp/data" "$tmp/data.img" 128M
+    mkfs.ext4 -q -F -L vmtest-data -O ^has_journal -d "$tmp/data" "$tmp/data.img" 128M >"$tmp/mkfs.log" 2>&1 \
+        || { cat "$tmp/mkfs.log" >&2; die "mkfs.ext4 -d of the data disk failed"; }
 
     # --- KVM if it really runs a guest, else TCG ---
     accel=(-accel tcg)
