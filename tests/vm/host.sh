@@ -5,7 +5,7 @@
 # mounts), boots Debian 12 under qemu (KVM when it works, else TCG) with systemd as PID 1, reads
 # the guest's results back with debugfs, and decides: exit 0 only when every expected check,
 # host and guest, passed exactly once. It removes everything it made except the caches (the
-# rootfs tree of tests/vm/rootfs.sh and cargo's target/vm-test/).
+# rootfs tree of tests/vm/rootfs.sh and cargo's target/vm-test/cargo/).
 #
 # Environment:
 #   LLAMACTL_VM_CACHE    rootfs cache (default /var/cache/llamactl-test/vm)
@@ -56,6 +56,15 @@ fi
 command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
 
 # --- scratch space, and what is removed at the end whatever happens ---
+# The packages build in target/vm-test/build, a fixed path: dpkg-buildflags puts the source
+# directory into CFLAGS (-ffile-prefix-map), and a build script that sees CFLAGS change
+# (libmimalloc-sys) would rebuild the crate on every run from a new temporary directory.
+vt=$repo/target/vm-test
+mkdir -p "$vt"
+exec 9>"$vt/.lock"
+flock -n 9 || die "another tools/vm-test is running in this repository"
+build=$vt/build
+rm -rf "$build"
 tmp=$(mktemp -d /var/tmp/llamactl-vm.XXXXXX)
 qemu_pid='' rootfs_pid='' lintian_pid=''
 cleanup() {
@@ -71,7 +80,7 @@ cleanup() {
             wait "$pid" 2>/dev/null || true
         fi
     done
-    rm -rf "$tmp"
+    rm -rf "$tmp" "$build"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -94,29 +103,29 @@ if [[ -n $(git -C "$repo" status --porcelain --untracked-files=no) ]]; then
     say "note: the working tree has uncommitted changes; the packages are built from HEAD ($rev) only"
 fi
 hnote "built from $rev"
-src=$tmp/build/llamactl
-mkdir -p "$src" "$repo/target/vm-test"
+src=$build/llamactl
+mkdir -p "$src" "$vt/cargo"
 git -C "$repo" archive HEAD | tar -x -C "$src"
 # cargo's cache lives with the repository's target/ (warm between runs; cargo clean removes it).
 # git archive stamps files with the commit time, which may be older than the last build of
 # different sources in that cache: unless that build was of this very tree, stamp them now so
 # cargo rebuilds this crate from them.
 tree_id=$(git -C "$repo" rev-parse 'HEAD^{tree}')
-if [[ $(cat "$repo/target/vm-test/.built-tree" 2>/dev/null) != "$tree_id" ]]; then
-    rm -f "$repo/target/vm-test/.built-tree"
+if [[ $(cat "$vt/.built-tree" 2>/dev/null) != "$tree_id" ]]; then
+    rm -f "$vt/.built-tree"
     find "$src" -exec touch -h {} +
 fi
-ln -s "$repo/target/vm-test" "$src/target"
+ln -s "$vt/cargo" "$src/target"
 
 deb_old='' deb_new='' fake=''
 say "dpkg-buildpackage -b -us -uc (HEAD $rev)"
 if (cd "$src" && dpkg-buildpackage -b -us -uc) >"$tmp/build-old.log" 2>&1; then
     version=$(cd "$src" && dpkg-parsechangelog -S Version)
-    deb_old=$(compgen -G "$tmp/build/llamactl_${version}_*.deb" | head -n 1) || true
+    deb_old=$(compgen -G "$build/llamactl_${version}_*.deb" | head -n 1) || true
 fi
 if [[ -n $deb_old ]]; then
     hcheck_ok deb-build
-    echo "$tree_id" >"$repo/target/vm-test/.built-tree"
+    echo "$tree_id" >"$vt/.built-tree"
     hnote "deb: $(basename "$deb_old") ($(stat -c %s "$deb_old") bytes)"
 else
     hcheck_fail deb-build "dpkg-buildpackage failed: $(tail -n 2 "$tmp/build-old.log" | tr '\n' ' ')"
@@ -135,7 +144,7 @@ if [[ -n $deb_old ]]; then
     } >"$tmp/changelog" && mv "$tmp/changelog" "$src/debian/changelog"
     say "dpkg-buildpackage -b -us -uc ($new_version)"
     if (cd "$src" && dpkg-buildpackage -b -us -uc) >"$tmp/build-new.log" 2>&1; then
-        deb_new=$(compgen -G "$tmp/build/llamactl_${new_version}_*.deb" | head -n 1) || true
+        deb_new=$(compgen -G "$build/llamactl_${new_version}_*.deb" | head -n 1) || true
     fi
 fi
 if [[ -n $deb_new ]]; then
@@ -145,7 +154,10 @@ else
 fi
 
 say "cargo build --release --example fake_backend"
-if (cd "$src" && cargo build --release --locked --example fake_backend) >"$tmp/build-fake.log" 2>&1; then
+# In the packages' build environment (debhelper's build flags, the changelog's
+# SOURCE_DATE_EPOCH): anything else reruns a build script and rebuilds the crate twice a run.
+if (cd "$src" && eval "$(dpkg-buildflags --export=sh)" && SOURCE_DATE_EPOCH=$(dpkg-parsechangelog -S Timestamp) \
+    && export SOURCE_DATE_EPOCH && cargo build --release --locked --example fake_backend) >"$tmp/build-fake.log" 2>&1; then
     fake=$src/target/release/examples/fake_backend
     hcheck_ok fake-backend-build
 else
