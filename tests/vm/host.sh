@@ -283,5 +283,9 @@ expected=$((${#HOST_CHECKS[@]} + ${#GUEST_CHECKS[@]}))
 reported=$(grep -c -E '^(ok|FAIL) ' "$results" || true)
 ((${#missing[@]} == 0)) || say "not reported: ${missing[*]}"
 ((reported == passed + failed)) || say "reported $reported checks, expected $expected (unknown names)"
-say "$passed of $expected checks passed, $failed failed, ${#missing[@]} not reported (total $((SECONDS - t0)) s)"
-((passed == expected && reported == expected))
+if ((passed == expected && reported == expected)); then
+    say "PASS: all $expected checks passed (total $((SECONDS - t0)) s)"
+else
+    say "FAIL: $passed of $expected checks passed, $failed failed, ${#missing[@]} not reported (total $((SECONDS - t0)) s)"
+    exit 1
+fi
