@@ -107,14 +107,20 @@ src=$build/llamactl
 mkdir -p "$src" "$vt/cargo"
 git -C "$repo" archive HEAD | tar -x -C "$src"
 # cargo's cache lives with the repository's target/ (warm between runs; cargo clean removes it).
-# git archive stamps files with the commit time, which may be older than the last build of
-# different sources in that cache: unless that build was of this very tree, stamp them now so
-# cargo rebuilds this crate from them.
+# cargo decides by mtime. git archive stamps files with the commit time, which says nothing
+# about what the cache last built (a rebase or an older commit). So: the sources of the tree
+# the cache last built get that build's stamp back (older than its outputs: nothing to do), and
+# any other tree gets a new stamp (newer: this crate is rebuilt from it). .built-tree holds
+# "TREE STAMP" of the last successful build.
 tree_id=$(git -C "$repo" rev-parse 'HEAD^{tree}')
-if [[ $(cat "$vt/.built-tree" 2>/dev/null) != "$tree_id" ]]; then
+read -r last_tree last_stamp 2>/dev/null <"$vt/.built-tree" || true
+if [[ ${last_tree:-} == "$tree_id" && ${last_stamp:-} =~ ^[0-9]+$ ]]; then
+    stamp=$last_stamp
+else
     rm -f "$vt/.built-tree"
-    find "$src" -exec touch -h {} +
+    stamp=$(($(date +%s) - 1))
 fi
+find "$src" -exec touch -h -d "@$stamp" {} +
 ln -s "$vt/cargo" "$src/target"
 
 deb_old='' deb_new='' fake=''
@@ -125,7 +131,7 @@ if (cd "$src" && dpkg-buildpackage -b -us -uc) >"$tmp/build-old.log" 2>&1; then
 fi
 if [[ -n $deb_old ]]; then
     hcheck_ok deb-build
-    echo "$tree_id" >"$vt/.built-tree"
+    echo "$tree_id $stamp" >"$vt/.built-tree"
     hnote "deb: $(basename "$deb_old") ($(stat -c %s "$deb_old") bytes)"
 else
     hcheck_fail deb-build "dpkg-buildpackage failed: $(tail -n 2 "$tmp/build-old.log" | tr '\n' ' ')"
