@@ -113,6 +113,20 @@ deb_postrm() {
 }
 check "debian/postrm: executable, sh -n, has #DEBHELPER#" deb_postrm
 
+# The daemon (debhelper's snippet) must be stopped before the instances, or it could act on
+# their stopping: #DEBHELPER# comes first.
+deb_prerm() {
+    local d i
+    [ -x debian/prerm ] || { echo "debian/prerm is not executable"; return 1; }
+    sh -n debian/prerm || return 1
+    d=$(grep -n '^#DEBHELPER#$' debian/prerm | cut -d: -f1)
+    i=$(grep -n "deb-systemd-invoke stop 'llamactl-\*.service'" debian/prerm | head -n1 | cut -d: -f1)
+    [ -n "$d" ] || { echo "no #DEBHELPER# token"; return 1; }
+    [ -n "$i" ] || { echo "prerm does not stop the instance units"; return 1; }
+    [ "$d" -lt "$i" ] || { echo "#DEBHELPER# (the daemon's stop) must come before the instances' stop"; return 1; }
+}
+check "debian/prerm: executable, sh -n, stops the instance units after #DEBHELPER#" deb_prerm
+
 deb_postinst() {
     [ -x debian/postinst ] || { echo "debian/postinst is not executable"; return 1; }
     sh -n debian/postinst || return 1
@@ -170,7 +184,7 @@ inputs() {
     local f missing=0
     for f in units/llamactl.service etc/llamactl/config.toml man/llamactld.8 man/llamactl.1 \
         packaging/sysusers/llamactl.conf packaging/journal/llamactl.catalog packaging/logrotate/llamactl \
-        README.md $(cat debian/llamactl.examples); do
+        README.md $(cat debian/llamactl.examples) $(awk '!/^#/ { print $1 }' debian/llamactl.install); do
         [ -f "$f" ] || { echo "missing: $f"; missing=1; }
     done
     return $missing
