@@ -71,6 +71,15 @@ static FAMILIES: &[Family] = &[
     Descriptor::new("instance_memory_limit", Gauge, BYTES, INSTANCES)
         .help("MemoryMax of the instance's cgroup (absent when unlimited).")
         .samples(PerInstance(|i| cg(i, |c| c.memory_limit_bytes, 1.0))),
+    Descriptor::new("instance_memory_peak", Gauge, BYTES, INSTANCES)
+        .help("Most memory charged to the instance's cgroup since it started (memory.peak; v1: max_usage_in_bytes).")
+        .samples(PerInstance(|i| cg(i, |c| c.memory_peak_bytes, 1.0))),
+    Descriptor::new("instance_memory_anon", Gauge, BYTES, INSTANCES)
+        .help("Anonymous memory of the instance (memory.stat anon; v1: rss): what it allocated, such as a KV cache.")
+        .samples(PerInstance(|i| cg(i, |c| c.memory_anon_bytes, 1.0))),
+    Descriptor::new("instance_memory_file", Gauge, BYTES, INSTANCES)
+        .help("Page cache charged to the instance (memory.stat file; v1: cache): a memory-mapped model's pages.")
+        .samples(PerInstance(|i| cg(i, |c| c.memory_file_bytes, 1.0))),
     Descriptor::new("instance_cpu", Counter, SECONDS, INSTANCES)
         .help("CPU time used by the instance's cgroup.")
         .samples(PerInstance(|i| cg(i, |c| c.cpu_usec, 1e-6))),

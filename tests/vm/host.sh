@@ -25,7 +25,7 @@ HOST_CHECKS=(deb-build deb-build-upgrade fake-backend-build lintian vm-boot)
 GUEST_CHECKS=(
     guest-systemd-cgroup2 install service-enabled-active api-health-200 journal-has-daemon-lines
     system-health-layout-v2 shared-files-installed config-command-backend instance-started
-    instance-failed cgroup-v2-files metrics-scraped metrics-memory-current metrics-cpu-stat metrics-io-stat
+    instance-failed cgroup-v2-files metrics-scraped metrics-memory-current metrics-memory-peak-anon-file metrics-cpu-stat metrics-io-stat
     metrics-pressure metrics-oom-kills upgrade-installed upgrade-daemon-restarted
     upgrade-instance-not-restarted upgrade-instance-adopted remove remove-instances-stopped
     remove-specs-kept purge purge-no-units purge-no-files purge-no-group

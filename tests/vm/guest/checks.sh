@@ -183,11 +183,11 @@ c_cgfiles() {
 # One scrape bracketed by two reads of the cgroup files (b = before, a = after).
 scrape() {
     local f
-    for f in memory.current cpu.stat io.stat memory.events cpu.pressure memory.pressure io.pressure; do
+    for f in memory.current memory.peak memory.stat cpu.stat io.stat memory.events cpu.pressure memory.pressure io.pressure; do
         cp "$CG/$f" "$OUT/b.$f" || return 1
     done
     curl -sf --max-time 20 "$API/metrics" >"$OUT/metrics.txt" || return 1
-    for f in memory.current cpu.stat io.stat memory.events cpu.pressure memory.pressure io.pressure; do
+    for f in memory.current memory.peak memory.stat cpu.stat io.stat memory.events cpu.pressure memory.pressure io.pressure; do
         cp "$CG/$f" "$OUT/a.$f" || return 1
     done
 }
@@ -208,6 +208,21 @@ c_m_memory() {
     # give or take 128 KiB, and a live process's worth (the backend alone is several hundred KiB).
     within "$((b < a ? b : a))" "$((b < a ? a : b))" "$m" 131072 || { echo "metric $m, memory.current $b..$a"; return 1; }
     within 262144 1e18 "$m" 0 || { echo "metric $m: less than a running backend uses"; return 1; }
+}
+
+# memory.peak, and anon/file from memory.stat: each within its two reads, give or take 128 KiB.
+c_m_memory_detail() {
+    local name file key m b a
+    for name in memory_peak_bytes:memory.peak: memory_anon_bytes:memory.stat:anon memory_file_bytes:memory.stat:file; do
+        IFS=: read -r name file key <<<"$name"
+        m=$(metric "$name") || { echo "$m"; return 1; }
+        if [[ -n $key ]]; then
+            b=$(keyed "$OUT/b.$file" "$key") && a=$(keyed "$OUT/a.$file" "$key") || return 1
+        else
+            b=$(cat "$OUT/b.$file") && a=$(cat "$OUT/a.$file") || return 1
+        fi
+        within "$((b < a ? b : a))" "$((b < a ? a : b))" "$m" 131072 || { echo "$name: metric $m, $file ${key:-} $b..$a"; return 1; }
+    done
 }
 
 c_m_cpu() {
@@ -345,6 +360,7 @@ check instance-failed c_failed
 check cgroup-v2-files c_cgfiles
 check -c metrics-scraped c_scrape
 check metrics-memory-current c_m_memory
+check metrics-memory-peak-anon-file c_m_memory_detail
 check metrics-cpu-stat c_m_cpu
 check metrics-io-stat c_m_io
 check metrics-pressure c_m_pressure
