@@ -385,6 +385,9 @@ pid1() {   # host PID of the container's systemd, or fail
     [[ -f $STATE/pid1 ]] || return 1
     local p; p=$(<"$STATE/pid1")
     alive "$p" || return 1
+    # Never a process of our own PID namespace (PID 1 of the host above all): the signals
+    # `down` sends it would power off the machine.
+    [[ $p != 1 && $(readlink "/proc/$p/ns/pid") != "$(readlink /proc/self/ns/pid)" ]] || return 1
     echo "$p"
 }
 
