@@ -133,15 +133,16 @@ v2_prepare_parent() {
     if [[ $parent == /sys/fs/cgroup ]] && [[ -d /run/systemd/system ]]; then
         die "refusing to rearrange the root cgroup of a systemd host; run me in a delegated scope: systemd-run --scope -p Delegate=yes $0 up"
     fi
-    if [[ -s $parent/cgroup.procs ]]; then
+    # (cgroupfs files report size 0: test what they hold, not -s.)
+    if [[ -n $(<"$parent/cgroup.procs") ]]; then
         mkdir -p "$parent/$NAME.caller"
         for ((c = 0; c < 20; c++)); do
             while read -r pid; do
                 echo "$pid" >"$parent/$NAME.caller/cgroup.procs" 2>/dev/null || true
             done <"$parent/cgroup.procs"
-            [[ -s $parent/cgroup.procs ]] || break
+            [[ -n $(<"$parent/cgroup.procs") ]] || break
         done
-        [[ -s $parent/cgroup.procs ]] && die "cannot move the processes of $parent into a leaf (is it delegated?)"
+        [[ -n $(<"$parent/cgroup.procs") ]] && die "cannot move the processes of $parent into a leaf (is it delegated?)"
     fi
     for c in $(cat "$parent/cgroup.controllers"); do
         echo "+$c" >"$parent/cgroup.subtree_control" 2>/dev/null || log "WARNING: cannot enable $c for $parent's children"
