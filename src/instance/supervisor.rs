@@ -179,14 +179,8 @@ impl Supervisor {
             dir = %store.dir().display(),
             "instance specs loaded"
         );
-        let routes = Routes::build(
-            table
-                .instances
-                .values()
-                .map(|e| (&e.handle, e.spec.options.model_aliases())),
-        );
         Ok(Arc::new(Self {
-            routes: crate::config::Live::new(routes),
+            routes: crate::config::Live::new(routes_of(&table)),
             store,
             settings: crate::config::Live::new(settings),
             slice,
@@ -202,14 +196,7 @@ impl Supervisor {
 
     /// Makes the model routes anew from the table (after a create, update or delete).
     fn rebuild_routes(&self) {
-        let routes = {
-            let t = self.table();
-            Routes::build(
-                t.instances
-                    .values()
-                    .map(|e| (&e.handle, e.spec.options.model_aliases())),
-            )
-        };
+        let routes = routes_of(&self.table());
         self.routes.set(routes);
     }
 
@@ -532,6 +519,15 @@ impl Supervisor {
         }
         Ok(())
     }
+}
+
+/// The model routes of every instance in the table.
+fn routes_of(t: &Table) -> Routes {
+    Routes::build(
+        t.instances
+            .values()
+            .map(|e| (&e.handle, e.spec.options.model_aliases())),
+    )
 }
 
 /// A unit operation's failure: unreachable manager → 503, anything else → the operation failed.
