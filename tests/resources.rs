@@ -153,29 +153,58 @@ fn memory_and_cpu_match_the_cgroup_files() {
 fn memory_max_overrun_counts_an_oom_kill() {
     unit_test!();
     let d = daemon("res-oom");
-    // The shell survives its child's OOM kill, so the cgroup (and its counter) stays.
-    let script = "/usr/bin/python3 -c 'b = bytearray(256 << 20); b[::4096] = bytes(len(b) // 4096)'; exec sleep 600";
+    // The shell survives its child's OOM kill. On a hybrid host the unit keeps running (and its
+    // cgroup with the counter); on a pure v2 host systemd stops the unit (OOMPolicy=stop) and
+    // the count comes from its Result "oom-kill", so the test sees the limit first.
+    let script = "sleep 3; /usr/bin/python3 -c 'b = bytearray(256 << 20); b[::4096] = bytes(len(b) // 4096)'; exec sleep 600";
     create_start(
         &d,
         "oomy",
         command(&["/bin/sh", "-c", script], json!({"memory_max": "48M"})),
     );
-    let m = wait_for("an OOM kill in /metrics", Duration::from_secs(60), || {
+    let limit = "llamactl_instance_memory_limit_bytes{instance_name=\"oomy\"}";
+    wait_for(
+        "the memory limit in /metrics",
+        Duration::from_secs(3),
+        || sample(&get(d.port, "/metrics").body, limit),
+    );
+    assert_eq!(
+        sample(&get(d.port, "/metrics").body, limit),
+        Some((48u64 << 20) as f64)
+    );
+    wait_for("an OOM kill in /metrics", Duration::from_secs(60), || {
         let m = get(d.port, "/metrics").body;
         sample(
             &m,
             "llamactl_instance_oom_kills_total{instance_name=\"oomy\"}",
         )
         .filter(|v| *v >= 1.0)
-        .map(|_| m)
     });
-    assert_eq!(
-        sample(
-            &m,
-            "llamactl_instance_memory_limit_bytes{instance_name=\"oomy\"}"
-        ),
-        Some((48u64 << 20) as f64)
-    );
+    let view = || -> Value {
+        serde_json::from_str(&api("GET", d.port, "/api/v1/instances/oomy", None).body)
+            .expect("instance JSON")
+    };
+    if pure_v2(&d) {
+        wait_for(
+            "the unit failed with oom-kill",
+            Duration::from_secs(20),
+            || {
+                let i = view();
+                (i["status"] == "failed" && i["result"] == "oom-kill").then_some(())
+            },
+        );
+        // The cgroup is gone; the count stays.
+        assert_eq!(
+            sample(
+                &get(d.port, "/metrics").body,
+                "llamactl_instance_oom_kills_total{instance_name=\"oomy\"}"
+            ),
+            Some(1.0)
+        );
+    } else {
+        let i = view();
+        assert_eq!(i["status"], "running", "{i}");
+    }
     assert_eq!(
         api("DELETE", d.port, "/api/v1/instances/oomy", None).status,
         204

@@ -211,6 +211,8 @@ impl crate::stats::snapshot::InstanceSource for Supervisor {
                     running: state.is_running(),
                     start_time: (e.unit.active_enter_timestamp != 0)
                         .then_some(e.unit.active_enter_timestamp / 1_000_000),
+                    invocation: e.unit.active_enter_timestamp,
+                    oom_killed: e.unit.result == "oom-kill",
                     restarts: e.unit.n_restarts,
                     control_group: e.unit.control_group.clone(),
                     in_flight: e.handle.in_flight(),

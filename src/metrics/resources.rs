@@ -96,8 +96,8 @@ static FAMILIES: &[Family] = &[
         .help("Tasks (threads) in the instance's cgroup.")
         .samples(PerInstance(|i| cg(i, |c| c.tasks, 1.0))),
     Descriptor::new("instance_oom_kills", Counter, None, INSTANCES)
-        .help("Processes of the instance killed by the OOM killer.")
-        .samples(PerInstance(|i| cg(i, |c| c.oom_kills, 1.0))),
+        .help("Processes of the instance killed by the OOM killer, over every run of its unit.")
+        .samples(PerInstance(|i| whole(i.oom_kills))),
     Descriptor::new("instance_pressure_cpu", Counter, SECONDS, INSTANCES)
         .help("Time some task of the instance waited for CPU (PSI some).")
         .samples(PerInstance(|i| cg(i, |c| c.pressure_cpu_usec, 1e-6))),

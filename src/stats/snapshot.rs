@@ -21,6 +21,11 @@ pub struct InstanceInfo {
     pub running: bool,
     /// Unix seconds the unit became active.
     pub start_time: Option<u64>,
+    /// The unit's last activation (ActiveEnterTimestamp, µs; 0: never active). Tells one run of
+    /// the unit from the next, whose cgroup (and OOM counter) is new.
+    pub invocation: u64,
+    /// The unit's last run ended because of the OOM killer (systemd's Result "oom-kill").
+    pub oom_killed: bool,
     pub restarts: u32,
     /// Empty when the unit is not loaded.
     pub control_group: String,
@@ -41,6 +46,8 @@ pub struct InstanceSample {
     pub cpu_percent: Option<f64>,
     pub memory_percent: Option<f64>,
     pub gpu_memory_bytes: Option<u64>,
+    /// OOM kills over every run of the unit this daemon saw (`None`: never had a cgroup).
+    pub oom_kills: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -58,11 +65,51 @@ struct Previous {
     at: Option<Instant>,
     /// cgroup path → CPU microseconds.
     instance_cpu: HashMap<String, u64>,
-    /// Instance name → (last OOM-kill count read, kills carried from earlier cgroups). systemd
-    /// removes a service's cgroup when its processes are gone and makes a new one on restart,
-    /// which resets the kernel's counter; carrying keeps `oom_kills_total` a counter.
-    oom: HashMap<String, (u64, u64)>,
+    /// Instance name → its OOM-kill count across runs of its unit.
+    oom: HashMap<String, OomCount>,
     system_cpu: Option<(f64, f64)>,
+}
+
+/// One instance's OOM kills as a counter over every run of its unit. systemd removes a
+/// service's cgroup when its processes are gone and makes a new one on restart, which resets the
+/// kernel's `oom_kill` count: the count of each finished run is carried. On a pure cgroup v2 host
+/// systemd also stops a unit as soon as one of its processes is OOM-killed (`OOMPolicy=stop`),
+/// often before any scrape read the cgroup's count; the run's Result "oom-kill" then stands for
+/// (at least) one kill.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct OomCount {
+    /// The run being counted (`InstanceInfo::invocation`).
+    invocation: u64,
+    /// Kills in that run (the cgroup's count, never going down within a run).
+    this_run: u64,
+    /// Kills in earlier runs.
+    carried: u64,
+    /// Some cgroup count or OOM result was ever seen (before that there is no series).
+    seen: bool,
+}
+
+impl OomCount {
+    /// Folds in one reading: `raw`, the cgroup's count if it was readable.
+    fn observe(&mut self, info: &InstanceInfo, raw: Option<u64>) -> Option<u64> {
+        let new_run = info.invocation != 0 && info.invocation != self.invocation;
+        // Without a run id (a unit never seen active), a count that went down is a new cgroup.
+        let reset = info.invocation == 0 && raw.is_some_and(|r| r < self.this_run);
+        if new_run || reset {
+            self.carried = self.carried.saturating_add(self.this_run);
+            self.this_run = 0;
+            self.invocation = info.invocation;
+        }
+        if let Some(r) = raw {
+            self.this_run = self.this_run.max(r);
+            self.seen = true;
+        }
+        if info.oom_killed {
+            self.this_run = self.this_run.max(1);
+            self.seen = true;
+        }
+        self.seen
+            .then(|| self.carried.saturating_add(self.this_run))
+    }
 }
 
 pub struct Sampler {
@@ -167,9 +214,11 @@ impl Sampler {
                             ..(*old).clone()
                         })
                     }
-                    // A unit gone since the collection: no figures for it.
-                    _ if info.control_group.is_empty() => instances.push(InstanceSample {
+                    // A unit gone since the collection: no figures for it but its OOM
+                    // count (a counter, and often the reason it is gone).
+                    old if info.control_group.is_empty() => instances.push(InstanceSample {
                         info,
+                        oom_kills: old.and_then(|o| o.oom_kills),
                         ..Default::default()
                     }),
                     // Started since the collection: the caller collects afresh.
@@ -261,17 +310,11 @@ impl Sampler {
                     (Some(l), false) => Some(read_stats(&self.paths, *l, &info.control_group)),
                     _ => None,
                 };
-                let mut cgroup = cgroup;
-                if let Some(c) = cgroup.as_mut() {
-                    if let Some(raw) = c.oom_kills {
-                        let (last, carried) = prev.oom.entry(info.name.clone()).or_insert((0, 0));
-                        if raw < *last {
-                            *carried += *last;
-                        }
-                        *last = raw;
-                        c.oom_kills = Some(raw + *carried);
-                    }
-                }
+                let oom_kills = prev
+                    .oom
+                    .entry(info.name.clone())
+                    .or_default()
+                    .observe(&info, cgroup.as_ref().and_then(|c| c.oom_kills));
                 let mut cpu_percent = None;
                 if let Some(usec) = cgroup.as_ref().and_then(|c| c.cpu_usec) {
                     if let (Some(p), Some(dt)) =
@@ -295,12 +338,18 @@ impl Sampler {
                     cpu_percent,
                     memory_percent,
                     gpu_memory_bytes: None,
+                    oom_kills,
                 });
             }
             let per = gpu::per_instance(&gpu_snap.processes, &members);
             for i in &mut instances {
                 i.gpu_memory_bytes = per.get(&i.info.name).copied();
             }
+        }
+        if on(MetricGroup::InstanceStats) {
+            // Deleted instances' counts go (a new instance of the same name starts at zero).
+            prev.oom
+                .retain(|name, _| instances.iter().any(|i| &i.info.name == name));
         }
         prev.instance_cpu = cpu_now;
         prev.at = Some(now);
@@ -330,5 +379,55 @@ impl Sampler {
             .find_map(|c| std::fs::read_to_string(self.paths.sys(c)).ok())
             .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{InstanceInfo, OomCount};
+
+    fn run(invocation: u64, oom_killed: bool) -> InstanceInfo {
+        InstanceInfo {
+            invocation,
+            oom_killed,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn oom_count_is_a_counter_over_runs_of_the_unit() {
+        let mut c = OomCount::default();
+        // Never active, no cgroup: no series.
+        assert_eq!(c.observe(&run(0, false), None), None);
+        assert_eq!(c.observe(&run(10, false), Some(0)), Some(0));
+        assert_eq!(c.observe(&run(10, false), Some(2)), Some(2));
+        // systemd stopped the run for OOM (pure v2): the cgroup is gone, the 2 stay.
+        assert_eq!(c.observe(&run(10, true), None), Some(2));
+        // The next run's cgroup starts at zero: carried.
+        assert_eq!(c.observe(&run(20, false), Some(0)), Some(2));
+        assert_eq!(c.observe(&run(20, false), Some(1)), Some(3));
+        // A count never goes down within a run, even if a read does.
+        assert_eq!(c.observe(&run(20, false), None), Some(3));
+    }
+
+    #[test]
+    fn an_oom_result_counts_a_kill_no_scrape_saw() {
+        let mut c = OomCount::default();
+        assert_eq!(c.observe(&run(10, false), Some(0)), Some(0));
+        // Killed and stopped between two scrapes: the cgroup's 1 was never read.
+        assert_eq!(c.observe(&run(10, true), None), Some(1));
+        // Read as well: still one kill, not two.
+        assert_eq!(c.observe(&run(10, true), Some(1)), Some(1));
+        // Restarted, killed again, never read: 2.
+        assert_eq!(c.observe(&run(30, true), None), Some(2));
+        // A unit whose first sighting is its OOM result has a series.
+        assert_eq!(OomCount::default().observe(&run(5, true), None), Some(1));
+    }
+
+    #[test]
+    fn without_a_run_id_a_count_going_down_is_a_new_cgroup() {
+        let mut c = OomCount::default();
+        assert_eq!(c.observe(&run(0, false), Some(3)), Some(3));
+        assert_eq!(c.observe(&run(0, false), Some(1)), Some(4));
     }
 }
