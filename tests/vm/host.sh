@@ -21,7 +21,7 @@ KEEP=${LLAMACTL_VM_KEEP:-}
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 
 # Every check the run must report, in order: the host's, then the guest's (guest/checks.sh).
-HOST_CHECKS=(deb-build deb-build-upgrade fake-backend-build lintian vm-boot)
+HOST_CHECKS=(deb-build deb-build-upgrade fake-backend-build itest-build lintian vm-boot)
 GUEST_CHECKS=(
     guest-systemd-cgroup2 install service-enabled-active api-health-200 journal-has-daemon-lines
     system-health-layout-v2 shared-files-installed config-command-backend instance-started
@@ -29,6 +29,7 @@ GUEST_CHECKS=(
     metrics-pressure metrics-oom-kills upgrade-installed upgrade-daemon-restarted
     upgrade-instance-not-restarted upgrade-instance-adopted remove remove-instances-stopped
     remove-specs-kept purge purge-no-units purge-no-files purge-no-group
+    pure-v2-service-tests pure-v2-resources-tests
 )
 
 t0=$SECONDS
@@ -39,7 +40,8 @@ die() { say "error: $*"; exit 2; }
 
 # --- host prerequisites ---
 need=()
-for p in qemu-system-x86 mmdebstrap e2fsprogs debhelper dpkg-dev build-essential lintian git coreutils; do
+# prometheus: its promtool goes into the guest for the integration tests; jq reads cargo's JSON.
+for p in qemu-system-x86 mmdebstrap e2fsprogs debhelper dpkg-dev build-essential lintian git coreutils prometheus jq binutils; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -170,6 +172,40 @@ else
     hcheck_fail fake-backend-build "$(tail -n 2 "$tmp/build-fake.log" | tr '\n' ' ')"
 fi
 
+# The integration tests' service:: and resources:: modules, run in the guest on pure cgroup v2
+# from a delegated scope (tests/harness boots its private systemd there). A debug build like
+# the README's test command, with the paths cargo compiled into it (CARGO_MANIFEST_DIR, the
+# binaries') recreated in the guest by bind mounts: itest/mounts lists "DIR-ON-DATA-DISK
+# ABSOLUTE-PATH" pairs.
+itest=''
+say "cargo test --no-run (the integration tests, for the guest)"
+if (cd "$src" && cargo test --locked --no-run --test integration --message-format=json-render-diagnostics \
+    && cargo build --locked --example fake_backend --message-format=json-render-diagnostics) \
+    >"$tmp/build-itest.json" 2>"$tmp/build-itest.log"; then
+    art() { jq -r --arg n "$1" --arg k "$2" 'select(.reason == "compiler-artifact" and .target.name == $n
+        and (.target.kind | index($k)) and .executable != null) | .executable' "$tmp/build-itest.json" | tail -n 1; }
+    it_exe=$(art integration test) it_d=$(art llamactld bin) it_c=$(art llamactl bin) it_f=$(art fake_backend example)
+    bindir=$(dirname "$it_d")
+    # The paths the test binary really holds (it must find its daemon where cargo put it).
+    if [[ -x $it_exe && -x $it_c && -x $it_f && $it_f == "$bindir/examples/fake_backend" ]] \
+        && grep -aq "$it_d" "$it_exe" && grep -aq "$src" "$it_exe"; then
+        itest=$tmp/data/itest
+        mkdir -p "$itest/src" "$itest/bin/examples"
+        git -C "$repo" archive HEAD | tar -x -C "$itest/src"
+        strip --strip-debug -o "$itest/integration" "$it_exe"
+        strip --strip-debug -o "$itest/bin/llamactld" "$it_d"
+        strip --strip-debug -o "$itest/bin/llamactl" "$it_c"
+        strip --strip-debug -o "$itest/bin/examples/fake_backend" "$it_f"
+        install -m 0755 "$(command -v promtool)" "$itest/promtool"
+        printf 'src %s\nbin %s\n' "$src" "$bindir" >"$itest/mounts"
+        hcheck_ok itest-build
+    else
+        hcheck_fail itest-build "artefacts not where the test binary expects them: ${it_exe:-?} ${it_d:-?} ${it_f:-?}"
+    fi
+else
+    hcheck_fail itest-build "$(tail -n 2 "$tmp/build-itest.log" | tr '\n' ' ')"
+fi
+
 # lintian on the product's .deb: errors and warnings fail (its own I: hints do not). It runs
 # while the guest boots.
 if [[ -n $deb_old ]]; then
@@ -194,6 +230,7 @@ hnote "guest kernel: $(basename "$kernel")"
 # --- the guest's disks ---
 booted=0
 if [[ -n $deb_old && -n $deb_new && -n $fake ]]; then
+    # (itest/ is there when its build passed; the guest reports its checks as failed if not.)
     mkdir -p "$tmp/data/debs" "$tmp/data/out"
     install -m 0755 "$vmdir/guest/checks.sh" "$tmp/data/checks.sh"
     install -m 0644 "$deb_old" "$tmp/data/debs/old.deb"
@@ -204,7 +241,7 @@ if [[ -n $deb_old && -n $deb_new && -n $fake ]]; then
         || { cat "$tmp/mkfs.log" >&2; die "mkfs.ext4 -d of the rootfs failed"; }
     # No journal on the data disk: what the guest wrote is where debugfs reads it, even if the
     # guest had to be killed.
-    mkfs.ext4 -q -F -L vmtest-data -O ^has_journal -d "$tmp/data" "$tmp/data.img" 128M >"$tmp/mkfs.log" 2>&1 \
+    mkfs.ext4 -q -F -L vmtest-data -O ^has_journal -d "$tmp/data" "$tmp/data.img" 640M >"$tmp/mkfs.log" 2>&1 \
         || { cat "$tmp/mkfs.log" >&2; die "mkfs.ext4 -d of the data disk failed"; }
 
     # --- KVM if it really runs a guest, else TCG ---

@@ -17,9 +17,10 @@ set -euo pipefail
 SUITE=bookworm
 MIRROR=http://deb.debian.org/debian
 # linux-image-amd64, initramfs-tools: the guest's kernel and initrd. jq, procps: the checks.
+# python3: the integration tests' memory hogs.
 # libc6 and libgcc-s1 (llamactl's shared-library dependencies) are in minbase already; systemd
 # and dbus are llamactl's other dependencies: `dpkg -i` in the guest needs no network.
-PACKAGES=systemd,systemd-sysv,dbus,udev,linux-image-amd64,initramfs-tools,curl,ca-certificates,jq,procps
+PACKAGES=systemd,systemd-sysv,dbus,udev,linux-image-amd64,initramfs-tools,curl,ca-certificates,jq,procps,python3
 
 cache=${1:?usage: $0 CACHE_DIR}
 self=$(readlink -f "${BASH_SOURCE[0]}")

@@ -4,6 +4,8 @@
 # runs it after boot with the data disk mounted at $1, which holds:
 #   debs/old.deb, debs/new.deb   llamactl at its version and at a higher one (the upgrade)
 #   fake_backend                 examples/fake_backend.rs, release build
+#   itest/                       the integration tests (debug build), their binaries, the source
+#                                tree and promtool; itest/mounts says where they must appear
 # It writes $1/out/results.txt: one "ok NAME" or "FAIL NAME: why" per check (tests/vm/host.sh
 # knows the expected names and count), "# ..." lines with facts worth reading (the system
 # health JSON), and $1/out/*.log for diagnosis. The guest powers off when this returns.
@@ -345,6 +347,42 @@ c_pg_group() {
     if getent passwd llamactl >/dev/null; then echo "user llamactl left"; return 1; fi
 }
 
+# --- the integration tests' service:: and resources:: modules on pure v2 ---
+# The README's test suite (debug build of this run's HEAD) with its private systemd booted from
+# a delegated scope, as on any pure cgroup v2 host whose PID 1 is systemd: the harness moves the
+# scope's processes to a leaf and gives the sandbox the memory, cpu, io and pids controllers.
+IT=$D/itest
+itest_ready=''
+itest_setup() {
+    [[ -x $IT/integration && -f $IT/mounts ]] || { echo "no integration tests on the data disk (itest-build failed)"; return 1; }
+    local from to
+    while read -r from to; do
+        mkdir -p "$to" && mount --bind "$IT/$from" "$to" || { echo "bind $from -> $to failed"; return 1; }
+    done <"$IT/mounts"
+    install -m 0755 "$IT/promtool" /usr/local/bin/promtool
+    itest_ready=1
+}
+
+# c_itest MODULE: every test of MODULE passes (the count listed == the count passed, none
+# ignored or filtered away).
+c_itest() {
+    local mod=$1 n rc=0
+    [[ -n $itest_ready ]] || itest_setup || return 1
+    n=$("$IT/integration" --list "$mod::" 2>/dev/null | grep -c ': test$') || true
+    ((n > 0)) || { echo "no tests listed for $mod::"; return 1; }
+    systemd-run --scope --quiet -p Delegate=yes --unit="vmtest-itest-$mod" -- \
+        env LLAMACTL_TEST_SANDBOX=1 RUST_BACKTRACE=1 "$IT/integration" "$mod::" --test-threads=2 \
+        >"$OUT/itest-$mod.log" 2>&1 || rc=$?
+    if ((rc != 0)) || ! grep -q "^test result: ok. $n passed; 0 failed; 0 ignored" "$OUT/itest-$mod.log"; then
+        grep -E '^test .* FAILED$|panicked at' "$OUT/itest-$mod.log" | head -n 4
+        echo "exit $rc; $(grep '^test result:' "$OUT/itest-$mod.log")"
+        return 1
+    fi
+    note "$mod:: $n tests passed on pure v2 ($(grep -o 'finished in [0-9.]*s' "$OUT/itest-$mod.log"))"
+}
+c_itest_service() { c_itest service; }
+c_itest_resources() { c_itest resources; }
+
 install -m 0755 "$D/fake_backend" /usr/local/bin/fake_backend
 
 check guest-systemd-cgroup2 c_guest
@@ -376,6 +414,11 @@ check -c purge c_purge
 check purge-no-units c_pg_units
 check purge-no-files c_pg_files
 check purge-no-group c_pg_group
+# Independent of the package (and run on the host the purge left clean): a package check that
+# stopped the run above does not stop these.
+broken=
+check pure-v2-service-tests c_itest_service
+check pure-v2-resources-tests c_itest_resources
 
 journalctl -b --no-pager -o short-monotonic >"$OUT/journal.log" 2>&1 || true
 record "# done"
