@@ -86,11 +86,12 @@ pub fn sandbox() -> &'static Sandbox {
 
 impl Sandbox {
     fn script_cmd(&self, verb: &str) -> Command {
+        // The binaries' directory too, even inside the repository: it may be a mount of its
+        // own (the VM test binds them there), which the harness's non-recursive bind of the
+        // repository would not carry.
         let mut binds = vec![repo()];
         if let Some(bin_dir) = Path::new(LLAMACTLD).parent() {
-            if !bin_dir.starts_with(repo()) {
-                binds.push(bin_dir.to_path_buf());
-            }
+            binds.push(bin_dir.to_path_buf());
         }
         let binds: Vec<String> = binds.iter().map(|b| b.display().to_string()).collect();
         let mut c = Command::new("bash");
