@@ -49,7 +49,30 @@ fn cgroup_text(d: &DaemonUnit, controller: &str, name: &str, file: &str) -> Stri
     let p = d.sb.root().join(format!(
         "sys/fs/cgroup/{dir}llamactl.slice/llamactl-{name}.service/{file}"
     ));
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        // What the manager's cgroup tree looks like, to tell a controller that is not enabled
+        // from a unit that is gone.
+        let cg = d.sb.root().join("sys/fs/cgroup");
+        let read = |rel: &str| {
+            std::fs::read_to_string(cg.join(rel))
+                .map(|t| t.trim().replace('\n', " "))
+                .unwrap_or_else(|e| format!("({e})"))
+        };
+        let mut files: Vec<String> = std::fs::read_dir(p.parent().unwrap_or(&cg))
+            .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        files.sort();
+        panic!(
+            "{}: {e}\nroot cgroup.controllers: {}\nroot cgroup.subtree_control: {}\nroot cgroup.procs: {}\nllamactl.slice cgroup.controllers: {}\nllamactl.slice cgroup.subtree_control: {}\nthe unit's directory: {}",
+            p.display(),
+            read("cgroup.controllers"),
+            read("cgroup.subtree_control"),
+            read("cgroup.procs"),
+            read("llamactl.slice/cgroup.controllers"),
+            read("llamactl.slice/cgroup.subtree_control"),
+            files.join(" ")
+        )
+    })
 }
 
 /// Whether the manager the tests run under has the unified hierarchy only (a pure v2 host).
