@@ -148,6 +148,13 @@ v2_prepare_parent() {
         echo "+$c" >"$parent/cgroup.subtree_control" 2>/dev/null || log "WARNING: cannot enable $c for $parent's children"
     done
     echo "$parent/$NAME.caller" >"$STATE/caller-leaf"
+    # The sandbox's cgroup goes below the delegated cgroup, not below our own (now the leaf,
+    # which has processes and can enable no controllers for a child).
+    V2_PARENT=${own%/}
+    # The launcher (script, unshare) must not stay in the sandbox's cgroup either: systemd
+    # there cannot enable controllers for its children while its root holds a process. `up`
+    # moves them to the leaf once PID 1 exists; PID 1 waits for that before exec'ing systemd.
+    : >"$STATE/await-launcher"
 }
 
 # The cgroup dirs on the HOST that belong to this harness (one per hierarchy)
@@ -360,6 +367,14 @@ EOF
     echo "init_setup_ms=$(( $(now_ms) - t_init ))" >"$STATE/init_timing"
 
     # --- switch root and exec systemd ------------------------------------------
+    # Pure v2: not before `up` has moved the launcher out of our cgroup (see v2_prepare_parent).
+    if [[ -f $STATE/await-launcher ]]; then
+        local w
+        for ((w = 0; w < 1000; w++)); do
+            [[ -f $STATE/launcher-out ]] && break
+            sleep 0.01
+        done
+    fi
     cd "$R"
     mkdir -p .harness-oldroot
     pivot_root . .harness-oldroot
@@ -425,6 +440,7 @@ cmd_up() {
     local mp fstype ctl path dirs=()
     if pure_v2; then v2_prepare_parent; fi
     while read -r mp fstype ctl path; do
+        [[ $fstype == cgroup2 && -n ${V2_PARENT+x} ]] && path=$V2_PARENT
         local d="$mp${path%/}/$NAME"
         [[ -d $d ]] && rmdir "$d" 2>/dev/null || true   # stale from a crash
         [[ -d $d ]] && die "stale cgroup $d is not empty; kill its processes"
@@ -469,6 +485,13 @@ cmd_up() {
     echo "$upid" >"$STATE/unshare.pid"
     [[ -n $p ]] || { cat "$STATE/console.log" >&2; down_quiet; die "container init did not start"; }
     echo "$p" >"$STATE/pid1"
+    if [[ -f $STATE/await-launcher ]]; then
+        local leaf
+        leaf=$(cat "$STATE/caller-leaf")
+        echo "$spid" >"$leaf/cgroup.procs" && echo "$upid" >"$leaf/cgroup.procs" \
+            || log "WARNING: cannot move the launcher out of the sandbox's cgroup"
+        : >"$STATE/launcher-out"
+    fi
 
     # 4) wait for systemd to be PID 1 and the system bus to carry the manager
     local deadline=$(( $(now_ms) + TIMEOUT * 1000 )) t_bus="" state=""

@@ -29,7 +29,7 @@ GUEST_CHECKS=(
     metrics-pressure metrics-oom-kills upgrade-installed upgrade-daemon-restarted
     upgrade-instance-not-restarted upgrade-instance-adopted remove remove-instances-stopped
     remove-specs-kept purge purge-no-units purge-no-files purge-no-group
-    pure-v2-service-tests pure-v2-resources-tests
+    pure-v2-harness-controllers pure-v2-service-tests pure-v2-resources-tests
 )
 
 t0=$SECONDS

@@ -363,6 +363,29 @@ itest_setup() {
     itest_ready=1
 }
 
+# The harness alone, booted from a delegated scope as the tests do: its manager must get the
+# memory, cpu, io and pids controllers (the resources tests need them). On failure, what the
+# scope and the sandbox's root were given.
+c_harness() {
+    [[ -n $itest_ready ]] || itest_setup || return 1
+    local src sb st=/tmp/vmtest-sb rc=0 inside scope
+    src=$(awk '$1 == "src" { print $2 }' "$IT/mounts")
+    sb=$src/tests/harness/systemd-sandbox.sh
+    export SANDBOX_NAME=vmtest-sb SANDBOX_STATE=$st SANDBOX_NET=host SANDBOX_BIND=
+    systemd-run --scope --quiet -p Delegate=yes --unit=vmtest-harness -- bash "$sb" up >"$OUT/harness-up.log" 2>&1 || rc=$?
+    scope=/sys/fs/cgroup/system.slice/vmtest-harness.scope
+    note "harness scope: controllers [$(cat "$scope/cgroup.controllers" 2>&1)] subtree_control [$(cat "$scope/cgroup.subtree_control" 2>&1)] system.slice subtree_control [$(cat /sys/fs/cgroup/system.slice/cgroup.subtree_control 2>&1)]"
+    inside=$(bash "$sb" exec cat /sys/fs/cgroup/cgroup.controllers 2>&1) || true
+    note "harness manager's root: controllers [$inside], procs [$(bash "$sb" exec cat /sys/fs/cgroup/cgroup.procs 2>&1 | tr '\n' ' ')]"
+    bash "$sb" down >>"$OUT/harness-up.log" 2>&1 || true
+    unset SANDBOX_NAME SANDBOX_STATE SANDBOX_NET SANDBOX_BIND
+    ((rc == 0)) || { tail -n 5 "$OUT/harness-up.log"; return 1; }
+    grep -q WARNING "$OUT/harness-up.log" && grep WARNING "$OUT/harness-up.log" | head -n 3
+    for c in memory cpu io pids; do
+        [[ " $inside " == *" $c "* ]] || { echo "the sandbox's manager has no $c controller: [$inside]"; return 1; }
+    done
+}
+
 # c_itest MODULE: every test of MODULE passes (the count listed == the count passed, none
 # ignored or filtered away).
 c_itest() {
@@ -417,6 +440,7 @@ check purge-no-group c_pg_group
 # Independent of the package (and run on the host the purge left clean): a package check that
 # stopped the run above does not stop these.
 broken=
+check pure-v2-harness-controllers c_harness
 check pure-v2-service-tests c_itest_service
 check pure-v2-resources-tests c_itest_resources
 
