@@ -10,6 +10,7 @@ mod util; // HTTP helpers (as the test management key, raw, over the socket), th
 mod audit; // (a directory) the audit trail three ways, its failure modes, rate limits, usage per key
 mod cli; // --check-config, help, man pages, client errors
 mod instances; // instances as transient units: lifecycle, restarts, adoption, CLI
+mod limits; // the HTTP server's connection limits: header timeout, max connections, slowloris
 mod packaging; // packaging/check.sh
 mod plain_process; // llamactld as a plain process, no systemd: stderr logs, no bus, the socket
 mod proxy; // the OpenAI-compatible proxy in front of real llama-servers

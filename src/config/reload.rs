@@ -35,6 +35,7 @@ pub const RELOAD: &[(&str, Reload)] = &[
     ("instances", Live),
     ("backends", Live),
     ("proxy", Live),
+    ("proxy.max_buffered_bytes", Restart),
     ("auth", Live),
     ("auth.socket_group", Restart),
     ("rate_limit", Live),

@@ -41,6 +41,14 @@ pub struct ServerConfig {
     pub request_timeout: HumanDuration,
     /// Largest request body accepted; larger ones get 413 before they are read.
     pub max_body_bytes: u64,
+    /// Time a connection has to send a complete request head, counted from when it is ready for
+    /// one: after accept, and after each response on a kept-alive connection (so this is also
+    /// the keep-alive idle timeout). Stops slowloris clients holding connections open.
+    pub header_timeout: HumanDuration,
+    /// TCP connections open at once; more are answered 503 and closed at accept (counted in
+    /// `llamactl_http_connections_closed_by_limit_total{reason="max_connections"}`). The admin
+    /// socket is not counted, so an operator can always get in.
+    pub max_connections: usize,
     /// HTTP worker threads, each with its own event loop (like nginx's `worker_processes`);
     /// 0 = one per CPU the daemon may run on.
     pub workers: usize,
@@ -77,6 +85,8 @@ impl Default for ServerConfig {
             state_dir: None,
             request_timeout: HumanDuration::secs(30),
             max_body_bytes: 1024 * 1024,
+            header_timeout: HumanDuration::secs(30),
+            max_connections: 4096,
             workers: 0,
             socket: None,
             allowed_hosts: Vec::new(),
@@ -360,6 +370,14 @@ pub struct InstancesConfig {
     pub max_spec_bytes: u64,
     /// Most model aliases (`aliases`) one instance may have.
     pub max_aliases: u32,
+    /// Most journal entries one `GET .../logs?lines=` answers (`lines` above it, or `-1` for
+    /// all, gets this many).
+    pub logs_max_lines: u32,
+    /// Longest message of a log entry, in bytes; a longer one is cut, marked `…`. (journalctl
+    /// itself gives fields over 4096 bytes as null: those read "[message over 4096 bytes]".)
+    pub logs_max_entry_bytes: u32,
+    /// `follow=true` log streams open at once (each runs a `journalctl -f`); more get 429.
+    pub logs_max_followers: u32,
 }
 
 /// The kinds of backend an instance can run.
@@ -400,6 +418,9 @@ impl Default for InstancesConfig {
             max_instances: 256,
             max_spec_bytes: 64 * 1024,
             max_aliases: 16,
+            logs_max_lines: 10_000,
+            logs_max_entry_bytes: 4096,
+            logs_max_followers: 16,
         }
     }
 }
@@ -442,6 +463,17 @@ pub struct ProxyConfig {
     pub start_timeout: HumanDuration,
     /// How often idle instances are looked for (`idle_timeout` of each instance).
     pub idle_check_interval: HumanDuration,
+    /// Time a client has to send a model request's whole body (408 after it).
+    pub body_timeout: HumanDuration,
+    /// Memory all model request bodies being received or forwarded may hold together (each is
+    /// read whole to route it by its `model`); a request that would go over it gets 503 with
+    /// `Retry-After`.
+    pub max_buffered_bytes: u64,
+    /// Time a backend has to send its response head (504 after it). A non-streamed completion
+    /// sends its head only when the whole answer is ready, so this bounds its generation time.
+    pub response_header_timeout: HumanDuration,
+    /// Interim (`1xx`) answers a backend may send before its real one (502 beyond).
+    pub max_interim_responses: u32,
 }
 
 impl Default for ProxyConfig {
@@ -450,6 +482,10 @@ impl Default for ProxyConfig {
             max_body_bytes: 32 * 1024 * 1024,
             start_timeout: HumanDuration::secs(120),
             idle_check_interval: HumanDuration::secs(10),
+            body_timeout: HumanDuration::secs(60),
+            max_buffered_bytes: 256 * 1024 * 1024,
+            response_header_timeout: HumanDuration::secs(600),
+            max_interim_responses: 8,
         }
     }
 }

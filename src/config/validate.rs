@@ -88,6 +88,15 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
             format!("{} is more than 1024 threads", c.server.workers),
         ));
     }
+    if c.server.header_timeout.get().is_zero() {
+        return Err(invalid("server.header_timeout", "must be > 0".into()));
+    }
+    if !(1..=1_000_000).contains(&c.server.max_connections) {
+        return Err(invalid(
+            "server.max_connections",
+            format!("{} is not in 1..=1000000", c.server.max_connections),
+        ));
+    }
     if c.server.max_body_bytes == 0 {
         return Err(invalid("server.max_body_bytes", "must be > 0".into()));
     }
@@ -267,12 +276,53 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
             return Err(invalid(key, "must be > 0".into()));
         }
     }
+    for (key, v, most) in [
+        (
+            "instances.logs_max_lines",
+            c.instances.logs_max_lines,
+            1_000_000,
+        ),
+        (
+            "instances.logs_max_entry_bytes",
+            c.instances.logs_max_entry_bytes,
+            1 << 20,
+        ),
+        (
+            "instances.logs_max_followers",
+            c.instances.logs_max_followers,
+            10_000,
+        ),
+    ] {
+        if !(1..=most).contains(&v) {
+            return Err(invalid(key, format!("{v} is not in 1..={most}")));
+        }
+    }
     if c.proxy.max_body_bytes == 0 {
         return Err(invalid("proxy.max_body_bytes", "must be > 0".into()));
+    }
+    if c.proxy.max_buffered_bytes < c.proxy.max_body_bytes {
+        return Err(invalid(
+            "proxy.max_buffered_bytes",
+            format!(
+                "{} is less than proxy.max_body_bytes ({}): the largest request could never be read",
+                c.proxy.max_buffered_bytes, c.proxy.max_body_bytes
+            ),
+        ));
+    }
+    if c.proxy.max_interim_responses > 1000 {
+        return Err(invalid(
+            "proxy.max_interim_responses",
+            format!("{} is more than 1000", c.proxy.max_interim_responses),
+        ));
     }
     for (key, d) in [
         ("proxy.start_timeout", c.proxy.start_timeout),
         ("proxy.idle_check_interval", c.proxy.idle_check_interval),
+        ("proxy.body_timeout", c.proxy.body_timeout),
+        (
+            "proxy.response_header_timeout",
+            c.proxy.response_header_timeout,
+        ),
     ] {
         if d.get().is_zero() {
             return Err(invalid(key, "must be > 0".into()));

@@ -178,7 +178,12 @@ async fn serve(
         listener,
         unix,
         app,
-        cfg.server.worker_threads(),
+        http::serve::Limits {
+            workers: cfg.server.worker_threads(),
+            header_timeout: cfg.server.header_timeout.get(),
+            max_connections: cfg.server.max_connections,
+        },
+        state.metrics.http.clone(),
         on_worker,
         shutdown_rx.clone(),
     )

@@ -9,7 +9,7 @@
 //! anything is read. Access control is the same as the router's: `guard::check`, for the
 //! inference scope.
 //!
-//! One `App` per connection (made by `MakeApp`), carrying who is on the other end (`Peer`), so
+//! One `App` per connection (made by `MakeApp::for_peer`), carrying who is on the other end (`Peer`), so
 //! every request on the connection is authorised against it.
 
 use super::{guard, observe, request_id, AppState};
@@ -40,29 +40,19 @@ impl MakeApp {
     }
 }
 
-impl<L> Service<axum::serve::IncomingStream<'_, L>> for MakeApp
-where
-    L: axum::serve::Listener<Addr = Peer>,
-{
-    type Response = App;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<App, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, conn: axum::serve::IncomingStream<'_, L>) -> Self::Future {
-        let peer = match conn.remote_addr() {
+impl MakeApp {
+    /// The service of a new connection from `peer`.
+    pub fn for_peer(&self, peer: Peer) -> App {
+        let peer = match peer {
             // Once per connection: who it is, by name, for every request on it.
-            Peer::Unix(cred) => Peer::Unix(cred.clone().with_user_name()),
-            tcp => tcp.clone(),
+            Peer::Unix(cred) => Peer::Unix(cred.with_user_name()),
+            tcp => tcp,
         };
-        std::future::ready(Ok(App {
+        App {
             state: self.state.clone(),
             router: self.router.clone(),
             peer: Arc::new(peer),
-        }))
+        }
     }
 }
 

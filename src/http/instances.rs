@@ -154,6 +154,8 @@ struct LogQuery {
 /// `GET /api/v1/instances/{name}/logs?lines=N[&follow=true][&format=json]`: text lines by
 /// default (upstream's `text/plain`), each `time level identifier[pid]: message`; JSON entries
 /// with `format=json` or `Accept: application/json`. Follow mode streams until the client leaves.
+/// `lines` (default 100; `-1` or above the limit: `[instances] logs_max_lines`), messages and
+/// open follow streams are bounded by `[instances] logs_*`.
 async fn logs_handler(
     State(s): S,
     Path(name): Path<String>,
@@ -162,11 +164,14 @@ async fn logs_handler(
 ) -> Result<Response, ApiError> {
     valid(&name)?;
     s.instances.get(&name)?;
+    let limits = s.config().config.instances.clone();
+    let max_lines = limits.logs_max_lines as usize;
+    let max_message = limits.logs_max_entry_bytes as usize;
     let lines = match q.lines.as_deref() {
-        None => 100,
+        None => 100.min(max_lines),
         Some(l) => match l.parse::<i64>() {
-            Ok(n) if n <= 0 => 10_000,
-            Ok(n) => n.min(10_000) as usize,
+            Ok(n) if n <= 0 => max_lines,
+            Ok(n) => usize::try_from(n).unwrap_or(usize::MAX).min(max_lines),
             Err(_) => {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -184,7 +189,16 @@ async fn logs_handler(
     let internal =
         |e: anyhow::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"));
     if q.follow.unwrap_or(false) {
-        let stream = logs::follow(&unit, lines).map_err(internal)?;
+        let Some(slot) = logs::FollowSlot::take(limits.logs_max_followers) else {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} log streams are open ([instances] logs_max_followers); try again later",
+                    limits.logs_max_followers
+                ),
+            ));
+        };
+        let stream = logs::follow(&unit, lines, max_message, slot).map_err(internal)?;
         let body = stream.map(move |e| {
             let mut line = if wants_json {
                 serde_json::to_string(&e).unwrap_or_default()
@@ -201,7 +215,9 @@ async fn logs_handler(
         };
         return Ok(([(header::CONTENT_TYPE, ctype)], Body::from_stream(body)).into_response());
     }
-    let entries = logs::tail(&unit, lines).await.map_err(internal)?;
+    let entries = logs::tail(&unit, lines, max_message)
+        .await
+        .map_err(internal)?;
     if wants_json {
         return Ok(Json(json!(entries)).into_response());
     }

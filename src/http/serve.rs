@@ -13,27 +13,78 @@
 //! The same acceptor takes connections on the admin socket (a Unix socket): their peer's
 //! credentials are read from the kernel at accept, and travel with the connection as its
 //! [`Peer`], from which every request on it is authorised.
+//!
+//! Limits (`[server]`): a connection must send each request head within `header_timeout`
+//! (hyper's header read timeout, which also runs while a kept-alive connection waits for its
+//! next request), and at most `max_connections` TCP connections are open at once — the
+//! acceptor answers the next ones 503 and closes them, so a flood costs a few syscalls each and
+//! never reaches a worker. Both are counted in `metrics::http`.
 
 use super::app::MakeApp;
 use crate::auth::{peer::peer_cred, Peer};
-use std::future::IntoFuture;
-use std::io;
-use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use crate::metrics::http::HttpMetrics;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::io::{self, Write as _};
+use std::net::{Shutdown, TcpStream as StdTcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, warn};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tower::Service as _;
+use tracing::{debug, error, warn};
 
 /// An accepted connection on its way to a worker.
 enum Accepted {
     Tcp(StdTcpStream),
     Unix(StdUnixStream),
 }
+
+/// The worker count and connection limits of `[server]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Worker threads (at least one is started).
+    pub workers: usize,
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Held for as long as a connection is open: its place under `max_connections` (TCP only)
+/// and its count in `llamactl_http_connections`.
+struct Slot {
+    _permit: Option<OwnedSemaphorePermit>,
+    metrics: HttpMetrics,
+}
+
+impl Slot {
+    fn new(permit: Option<OwnedSemaphorePermit>, metrics: &HttpMetrics) -> Self {
+        metrics.open.inc();
+        Self {
+            _permit: permit,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.open.dec();
+    }
+}
+
+/// What the acceptor hands a worker.
+struct Handed {
+    conn: Accepted,
+    peer: Peer,
+    slot: Slot,
+}
+
+/// The answer to a connection over `max_connections`, written straight into the new socket.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 79\r\n\r\n{\"error\":\"too many connections ([server] max_connections); try again shortly\"}\n";
 
 /// The running server: the acceptor and the worker threads.
 pub struct Server {
@@ -45,20 +96,20 @@ pub struct Server {
 pub type OnWorker = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl Server {
-    /// Starts `workers` threads (at least one) serving `app` on connections from `listener`,
+    /// Starts `limits.workers` threads (at least one) serving `app` on connections from `listener`,
     /// until `shutdown` turns true; then they stop accepting and finish what is in flight.
     pub fn start(
         listener: TcpListener,
         unix: Option<UnixListener>,
         app: MakeApp,
-        workers: usize,
+        limits: Limits,
+        metrics: HttpMetrics,
         on_worker: OnWorker,
         shutdown: watch::Receiver<bool>,
     ) -> io::Result<Self> {
-        let local = listener.local_addr()?;
         let mut senders = Vec::new();
         let mut done = Vec::new();
-        for i in 0..workers.max(1) {
+        for i in 0..limits.workers.max(1) {
             let (tx, rx) = mpsc::unbounded_channel();
             let (done_tx, done_rx) = oneshot::channel();
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -66,8 +117,9 @@ impl Server {
                 .thread_name(format!("llamactld-http{i}"))
                 .build()?;
             let app = app.clone();
-            let mut stop = shutdown.clone();
+            let stop = shutdown.clone();
             let on_worker = on_worker.clone();
+            let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name(format!("llamactld-http{i}"))
                 .spawn(move || {
@@ -75,20 +127,16 @@ impl Server {
                         let _in = runtime.enter();
                         on_worker();
                     }
-                    let listener = Handoff { rx, local };
-                    let served = runtime.block_on(
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(async move {
-                                let _ = stop.wait_for(|s| *s).await;
-                            })
-                            .into_future(),
-                    );
-                    let _ = done_tx.send(served);
+                    runtime.block_on(worker(rx, app, limits, metrics, stop));
+                    let _ = done_tx.send(Ok(()));
                 })?;
             senders.push(tx);
             done.push(done_rx);
         }
-        tokio::spawn(accept_loop(listener, unix, senders, shutdown));
+        let room = Arc::new(Semaphore::new(limits.max_connections));
+        tokio::spawn(accept_loop(
+            listener, unix, senders, room, metrics, shutdown,
+        ));
         Ok(Self { done })
     }
 
@@ -162,7 +210,9 @@ async fn accept_one(tcp: &TcpListener, unix: Option<&UnixListener>) -> Option<(A
 async fn accept_loop(
     listener: TcpListener,
     unix: Option<UnixListener>,
-    workers: Vec<mpsc::UnboundedSender<(Accepted, Peer)>>,
+    workers: Vec<mpsc::UnboundedSender<Handed>>,
+    room: Arc<Semaphore>,
+    metrics: HttpMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut next = 0usize;
@@ -171,20 +221,36 @@ async fn accept_loop(
             a = accept_one(&listener, unix.as_ref()) => a,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let Some(mut conn) = accepted else {
+        let Some((conn, peer)) = accepted else {
             continue;
+        };
+        let permit = match &conn {
+            Accepted::Tcp(tcp) => match room.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    refuse(tcp);
+                    metrics.refused.inc();
+                    continue;
+                }
+            },
+            Accepted::Unix(_) => None,
+        };
+        let mut handed = Handed {
+            conn,
+            peer,
+            slot: Slot::new(permit, &metrics),
         };
         let mut sent = false;
         for _ in 0..workers.len() {
             let w = &workers[next % workers.len()];
             next = next.wrapping_add(1);
-            match w.send(conn) {
+            match w.send(handed) {
                 Ok(()) => {
                     sent = true;
                     break;
                 }
                 // That worker is gone; try the next one.
-                Err(mpsc::error::SendError(c)) => conn = c,
+                Err(mpsc::error::SendError(h)) => handed = h,
             }
         }
         if !sent {
@@ -193,6 +259,96 @@ async fn accept_loop(
                 "every HTTP worker has stopped; no longer accepting"
             );
             return;
+        }
+    }
+}
+
+/// Answers a connection over `max_connections` with 503 and closes it, without reading its
+/// request: one non-blocking write into an empty send buffer, which does not block the
+/// acceptor.
+fn refuse(tcp: &StdTcpStream) {
+    let mut w = tcp;
+    let _ = w.write(REFUSED);
+    let _ = tcp.shutdown(Shutdown::Write);
+}
+
+/// One worker thread's loop: serves each connection the acceptor hands it in a task of its
+/// own; on shutdown, stops taking new ones and lets the open ones finish what is in flight.
+async fn worker(
+    mut rx: mpsc::UnboundedReceiver<Handed>,
+    app: MakeApp,
+    limits: Limits,
+    metrics: HttpMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Every connection task holds a receiver of `closing`; dropping them all ends the wait.
+    let (closing_tx, closing_rx) = watch::channel(false);
+    loop {
+        let handed = tokio::select! {
+            h = rx.recv() => match h {
+                Some(h) => h,
+                None => break,
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let io = match handed.conn {
+            Accepted::Tcp(t) => TcpStream::from_std(t).map(Conn::Tcp),
+            Accepted::Unix(u) => UnixStream::from_std(u).map(Conn::Unix),
+        };
+        let io = match io {
+            Ok(io) => io,
+            Err(e) => {
+                warn!(component = "http", error = %e, "dropping a connection");
+                continue;
+            }
+        };
+        let app = app.for_peer(handed.peer);
+        let closing = closing_rx.clone();
+        let slot = handed.slot;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            serve_connection(io, app, limits, &metrics, closing).await;
+            drop(slot);
+        });
+    }
+    drop(closing_rx);
+    let _ = closing_tx.send(true);
+    closing_tx.closed().await;
+}
+
+async fn serve_connection(
+    io: Conn,
+    app: super::app::App,
+    limits: Limits,
+    metrics: &HttpMetrics,
+    mut closing: watch::Receiver<bool>,
+) {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut app = app.clone();
+        app.call(req.map(axum::body::Body::new))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = closing.wait_for(|c| *c) => None,
+    };
+    let served = match served {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
+        if e.is_timeout() {
+            metrics.header_timeouts.inc();
+        } else {
+            debug!(component = "http", error = %e, "connection ended with an error");
         }
     }
 }
@@ -210,38 +366,6 @@ async fn accept_error(e: io::Error) {
     }
     warn!(component = "http", error = %e, "accept failed");
     tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
-/// A worker's side of the hand-off: connections the acceptor dealt to it.
-struct Handoff {
-    rx: mpsc::UnboundedReceiver<(Accepted, Peer)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for Handoff {
-    type Io = Conn;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Conn, Peer) {
-        loop {
-            let Some((conn, peer)) = self.rx.recv().await else {
-                // The acceptor is gone (shutting down): graceful shutdown ends `serve`.
-                return std::future::pending().await;
-            };
-            let io = match conn {
-                Accepted::Tcp(t) => TcpStream::from_std(t).map(Conn::Tcp),
-                Accepted::Unix(u) => UnixStream::from_std(u).map(Conn::Unix),
-            };
-            match io {
-                Ok(io) => return (io, peer),
-                Err(e) => warn!(component = "http", error = %e, "dropping a connection"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Peer> {
-        Ok(Peer::Tcp(self.local))
-    }
 }
 
 /// A connection from either listener.

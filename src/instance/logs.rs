@@ -2,10 +2,15 @@
 //! entries `journalctl -u` shows an operator: the backend's output and systemd's messages about
 //! the unit). Running journalctl keeps libsystemd out of the daemon and follows the journal's
 //! own rotation and permissions rules.
+//!
+//! Bounded (`[instances] logs_*`): at most `logs_max_lines` entries per answer, messages cut at
+//! `logs_max_entry_bytes` (journalctl already gives fields over 4096 bytes as null, and only
+//! the fields shown are asked for), and at most `logs_max_followers` `journalctl -f` at once.
 
 use serde::Serialize;
 use serde_json::Value;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -77,6 +82,30 @@ fn field(v: &Value, k: &str) -> Option<String> {
     }
 }
 
+/// What a message journalctl left out (null: over its 4096-byte field limit) reads as.
+pub const OMITTED: &str = "[message over 4096 bytes, not shown by journalctl]";
+
+/// Cuts `message` to at most `max` bytes (at a character boundary), marked with `…`.
+fn cut(mut message: String, max: usize) -> String {
+    if message.len() <= max {
+        return message;
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push('…');
+    message
+}
+
+/// One `journalctl -o json` line → an entry, its message at most `max_message` bytes.
+pub fn parse_limited(line: &str, max_message: usize) -> Option<LogEntry> {
+    let mut e = parse(line)?;
+    e.message = cut(e.message, max_message);
+    Some(e)
+}
+
 /// One `journalctl -o json` line → an entry.
 pub fn parse(line: &str) -> Option<LogEntry> {
     let v: Value = serde_json::from_str(line).ok()?;
@@ -92,7 +121,10 @@ pub fn parse(line: &str) -> Option<LogEntry> {
             .or_else(|| field(&v, "_COMM"))
             .unwrap_or_default(),
         pid: field(&v, "_PID").and_then(|p| p.parse().ok()),
-        message: field(&v, "MESSAGE").unwrap_or_default(),
+        message: match v.get("MESSAGE") {
+            Some(Value::Null) => OMITTED.to_string(),
+            _ => field(&v, "MESSAGE").unwrap_or_default(),
+        },
     })
 }
 
@@ -112,6 +144,8 @@ fn journalctl(unit: &str, lines: usize, follow: bool) -> Command {
         "--no-pager",
         "-o",
         "json",
+        // Only what an entry shows (the timestamps come anyway).
+        "--output-fields=MESSAGE,PRIORITY,SYSLOG_IDENTIFIER,_COMM,_PID",
         "-u",
         unit,
         "-n",
@@ -127,8 +161,8 @@ fn journalctl(unit: &str, lines: usize, follow: bool) -> Command {
     c
 }
 
-/// The last `lines` entries.
-pub async fn tail(unit: &str, lines: usize) -> anyhow::Result<Vec<LogEntry>> {
+/// The last `lines` entries, messages cut at `max_message` bytes.
+pub async fn tail(unit: &str, lines: usize, max_message: usize) -> anyhow::Result<Vec<LogEntry>> {
     let out = journalctl(unit, lines, false)
         .output()
         .await
@@ -142,15 +176,42 @@ pub async fn tail(unit: &str, lines: usize) -> anyhow::Result<Vec<LogEntry>> {
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(parse)
+        .filter_map(|l| parse_limited(l, max_message))
         .collect())
 }
 
-/// Follows the journal: the last `lines` entries, then new ones as they come. Dropping the
-/// stream kills journalctl (a client that goes away ends the follow).
+/// `follow=true` streams open now (process-wide; checked against the config in force).
+static FOLLOWERS: AtomicU32 = AtomicU32::new(0);
+
+/// One open follow stream's place under `logs_max_followers`, given back when dropped.
+pub struct FollowSlot(());
+
+impl FollowSlot {
+    /// A place, if fewer than `max` streams are open.
+    pub fn take(max: u32) -> Option<Self> {
+        FOLLOWERS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| FollowSlot(()))
+    }
+}
+
+impl Drop for FollowSlot {
+    fn drop(&mut self) {
+        FOLLOWERS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Follows the journal: the last `lines` entries, then new ones as they come, messages cut at
+/// `max_message` bytes. Dropping the stream kills journalctl (a client that goes away ends the
+/// follow) and gives back its `slot`.
 pub fn follow(
     unit: &str,
     lines: usize,
+    max_message: usize,
+    slot: FollowSlot,
 ) -> anyhow::Result<impl futures_util::Stream<Item = LogEntry> + Send + 'static> {
     let mut child: Child = journalctl(unit, lines, true)
         .spawn()
@@ -161,13 +222,13 @@ pub fn follow(
         .ok_or_else(|| anyhow::anyhow!("journalctl has no stdout"))?;
     let reader = BufReader::new(stdout).lines();
     Ok(futures_util::stream::unfold(
-        (reader, child),
-        |(mut reader, child)| async move {
+        (reader, child, slot),
+        move |(mut reader, child, slot)| async move {
             loop {
                 match reader.next_line().await {
                     Ok(Some(l)) => {
-                        if let Some(e) = parse(&l) {
-                            return Some((e, (reader, child)));
+                        if let Some(e) = parse_limited(&l, max_message) {
+                            return Some((e, (reader, child, slot)));
                         }
                     }
                     _ => return None,
@@ -203,5 +264,25 @@ mod tests {
         let bin = r#"{"__REALTIME_TIMESTAMP":"1","MESSAGE":[104,105]}"#;
         assert_eq!(parse(bin).unwrap().message, "hi");
         assert!(parse("not json").is_none());
+    }
+
+    #[test]
+    fn long_messages_are_cut_and_omitted_ones_say_so() {
+        let l = r#"{"__REALTIME_TIMESTAMP":"1","MESSAGE":"ääääb"}"#;
+        // 5 bytes: "ää" and half an "ä" -> cut at the boundary.
+        assert_eq!(parse_limited(l, 5).unwrap().message, "ää…");
+        assert_eq!(parse_limited(l, 100).unwrap().message, "ääääb");
+        let null = r#"{"__REALTIME_TIMESTAMP":"1","MESSAGE":null}"#;
+        assert_eq!(parse(null).unwrap().message, OMITTED);
+    }
+
+    #[test]
+    fn follow_slots_stop_at_the_limit_and_come_back() {
+        let a = FollowSlot::take(2).expect("first");
+        let b = FollowSlot::take(2).expect("second");
+        assert!(FollowSlot::take(2).is_none());
+        drop(a);
+        let c = FollowSlot::take(2).expect("freed");
+        drop((b, c));
     }
 }

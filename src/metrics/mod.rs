@@ -16,6 +16,7 @@ use crate::host::HostPaths;
 
 pub mod access;
 pub mod build;
+pub mod http;
 pub mod process;
 pub mod proxy;
 pub mod resources;
@@ -111,6 +112,7 @@ pub struct Metrics {
     seen: Arc<std::sync::atomic::AtomicBool>,
     pub proxy: proxy::ProxyMetrics,
     pub access: access::AccessMetrics,
+    pub http: http::HttpMetrics,
 }
 
 /// The API request families, left out of a scrape when `api_performance` is off.
@@ -188,6 +190,7 @@ impl Metrics {
         }));
         let proxy = proxy::ProxyMetrics::register(llamactl);
         let access = access::AccessMetrics::register(llamactl);
+        let http = http::HttpMetrics::register(llamactl);
 
         Metrics {
             registry,
@@ -197,6 +200,7 @@ impl Metrics {
             seen,
             proxy,
             access,
+            http,
         }
     }
 

@@ -8,7 +8,6 @@ use crate::instance::handle::InFlight;
 use crate::metrics::proxy::InstanceSeries;
 use axum::body::{Body, Bytes};
 use axum::http::{header, Response};
-use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
@@ -180,20 +179,12 @@ pub fn respond(head: upstream::Head, body: upstream::Body, watch: Watch) -> Resp
     out
 }
 
-/// Reads a whole (already limited) request body.
-pub async fn read_body(body: Body, max: usize) -> Result<Bytes, String> {
-    http_body_util::Limited::new(body, max)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::proxy::{ProxyMetrics, TokenLabels};
     use axum::http::Method;
+    use http_body_util::BodyExt;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -238,7 +229,11 @@ mod tests {
             None,
         )
         .expect("a valid target");
-        let (head, body) = upstream::send(&addr, &head, &body, &Method::POST)
+        let limits = upstream::HeadLimits {
+            timeout: Duration::from_secs(30),
+            max_interim: 8,
+        };
+        let (head, body) = upstream::send(&addr, &head, &body, &Method::POST, limits)
             .await
             .expect("backend answers");
         let watch = Watch {

@@ -4,6 +4,7 @@
 //! `/props`, `/metrics`). Errors use OpenAI's shape: `{"error":{"message","type","code"}}`.
 
 mod forward;
+mod intake;
 pub mod tokens;
 mod upstream;
 
@@ -31,6 +32,8 @@ pub struct Proxy {
     pub instances: Arc<Supervisor>,
     metrics: ProxyMetrics,
     config: Live<ProxyConfig>,
+    /// `max_buffered_bytes`, sized at start (a restart-only key).
+    budget: intake::Budget,
 }
 
 impl Proxy {
@@ -38,6 +41,7 @@ impl Proxy {
         Self {
             instances,
             metrics,
+            budget: intake::Budget::new(config.max_buffered_bytes),
             config: Live::new(config),
         }
     }
@@ -219,35 +223,18 @@ async fn models<T: HasProxy>(
     Json(json!({"object": "list", "data": data}))
 }
 
-/// The request body, up to `[proxy] max_body_bytes` (413 in OpenAI's shape beyond; a declared
-/// length over it is refused before anything is read).
-async fn read_limited(
-    max: u64,
+/// Reads a request's body within `[proxy]`'s limits (see `intake`).
+async fn read_body(
+    s: &Proxy,
+    cfg: &ProxyConfig,
     headers: &axum::http::HeaderMap,
     body: axum::body::Body,
-) -> Result<axum::body::Bytes, Response> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared.filter(|&l| l > max) {
-        return Err(oai_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            "request_too_large",
-            format!("request body of {len} bytes is over the limit of {max} bytes"),
-        ));
-    }
-    forward::read_body(body, usize::try_from(max).unwrap_or(usize::MAX))
-        .await
-        .map_err(|e| {
-            oai_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "request_too_large",
-                format!("request body over the limit of {max} bytes ({e})"),
-            )
-        })
+) -> Result<(axum::body::Bytes, intake::Held), Response> {
+    let limits = intake::Limits {
+        max_bytes: cfg.max_body_bytes,
+        deadline: cfg.body_timeout.get(),
+    };
+    intake::read(limits, &s.budget, headers, body).await
 }
 
 #[derive(Deserialize)]
@@ -270,7 +257,7 @@ pub async fn model_request(s: &Proxy, req: Request, caller: &dyn Caller) -> Resp
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let cfg = s.config();
-    let bytes = match read_limited(cfg.max_body_bytes, &parts.headers, body).await {
+    let (bytes, held) = match read_body(s, &cfg, &parts.headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -326,6 +313,7 @@ pub async fn model_request(s: &Proxy, req: Request, caller: &dyn Caller) -> Resp
         endpoint: endpoint(parts.uri.path()),
         started,
         usage: caller.usage(),
+        _held: held,
     };
     send(s, out, &parts.method, &parts.headers, path_and_query, bytes).await
 }
@@ -377,8 +365,8 @@ async fn direct<T: HasProxy>(
         );
     };
     let (parts, body) = req.into_parts();
-    let max = s.config().max_body_bytes;
-    let bytes = match read_limited(max, &parts.headers, body).await {
+    let cfg = s.config();
+    let (bytes, held) = match read_body(s, &cfg, &parts.headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -390,6 +378,7 @@ async fn direct<T: HasProxy>(
         endpoint: DIRECT,
         started,
         usage: caller.0.usage(),
+        _held: held,
     };
     send(s, out, &parts.method, &parts.headers, &pq, bytes).await
 }
@@ -400,6 +389,8 @@ struct Outgoing {
     endpoint: usize,
     started: Instant,
     usage: Option<Arc<dyn KeyUsage>>,
+    /// The body's bytes of `max_buffered_bytes`, given back once the request is sent.
+    _held: intake::Held,
 }
 
 async fn send(
@@ -415,7 +406,13 @@ async fn send(
         endpoint,
         started,
         usage,
+        _held,
     } = out;
+    let cfg = s.config();
+    let limits = upstream::HeadLimits {
+        timeout: cfg.response_header_timeout.get(),
+        max_interim: cfg.max_interim_responses,
+    };
     let handle = in_flight.handle();
     let name = handle.name();
     let series = s.series(handle);
@@ -441,7 +438,9 @@ async fn send(
             )
         }
     };
-    match upstream::send(addr, &head, &body, method).await {
+    let answer = upstream::send(addr, &head, &body, method, limits).await;
+    drop(_held);
+    match answer {
         Ok((head, body)) => forward::respond(
             head,
             body,
@@ -453,6 +452,15 @@ async fn send(
                 usage,
             },
         ),
+        Err(e @ upstream::UpstreamError::HeadTimeout(_)) => {
+            series.observe(endpoint, 504, started.elapsed().as_secs_f64(), None);
+            oai_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                "backend_timeout",
+                format!("instance {name:?} did not answer in time: {e}"),
+            )
+        }
         Err(e) => {
             series.observe(endpoint, 502, started.elapsed().as_secs_f64(), None);
             oai_error(

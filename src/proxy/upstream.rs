@@ -60,6 +60,17 @@ pub enum UpstreamError {
     ClosedBeforeAnswer,
     #[error("the backend's answer is not valid HTTP/1.1: {0}")]
     Invalid(String),
+    #[error("no response head within {} s ([proxy] response_header_timeout)", .0.as_secs_f64())]
+    HeadTimeout(Duration),
+    #[error("more than {0} interim (1xx) answers ([proxy] max_interim_responses)")]
+    TooManyInterim(u32),
+}
+
+/// How long a backend may take to answer, and how many `1xx` it may send first.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    pub timeout: Duration,
+    pub max_interim: u32,
 }
 
 /// A connection and what has been read from it but not yet used.
@@ -190,6 +201,22 @@ pub async fn send(
     head: &[u8],
     body: &Bytes,
     method: &Method,
+    limits: HeadLimits,
+) -> Result<(Head, Body), UpstreamError> {
+    tokio::time::timeout(
+        limits.timeout,
+        send_untimed(addr, head, body, method, limits),
+    )
+    .await
+    .unwrap_or(Err(UpstreamError::HeadTimeout(limits.timeout)))
+}
+
+async fn send_untimed(
+    addr: &str,
+    head: &[u8],
+    body: &Bytes,
+    method: &Method,
+    limits: HeadLimits,
 ) -> Result<(Head, Body), UpstreamError> {
     let idempotent = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     while let Some(mut conn) = checkout(addr) {
@@ -197,7 +224,7 @@ pub async fn send(
             // The backend had closed it and took nothing. Try the next one.
             continue;
         }
-        match exchange(conn, addr, method).await {
+        match exchange(conn, addr, method, limits.max_interim).await {
             // Closed as the request arrived: the backend may or may not have seen it, so only
             // a request that can safely run twice is sent again.
             Err(UpstreamError::ClosedBeforeAnswer) if idempotent => continue,
@@ -208,7 +235,7 @@ pub async fn send(
     write(&mut conn, head, body)
         .await
         .map_err(UpstreamError::Write)?;
-    exchange(conn, addr, method).await
+    exchange(conn, addr, method, limits.max_interim).await
 }
 
 async fn write(conn: &mut Conn, head: &[u8], body: &Bytes) -> io::Result<()> {
@@ -217,12 +244,15 @@ async fn write(conn: &mut Conn, head: &[u8], body: &Bytes) -> io::Result<()> {
     conn.tcp.write_all_buf(&mut all).await
 }
 
-/// Reads the response head (skipping `1xx` interim answers) and sets up its body.
+/// Reads the response head (skipping at most `max_interim` `1xx` interim answers) and sets up
+/// its body.
 async fn exchange(
     mut conn: Conn,
     addr: &str,
     method: &Method,
+    max_interim: u32,
 ) -> Result<(Head, Body), UpstreamError> {
+    let mut interim = 0u32;
     loop {
         let parsed = loop {
             if !conn.buf.is_empty() {
@@ -253,6 +283,10 @@ async fn exchange(
             ));
         }
         if parsed.head.status.is_informational() {
+            interim += 1;
+            if interim > max_interim {
+                return Err(UpstreamError::TooManyInterim(max_interim));
+            }
             continue;
         }
         let no_body = *method == Method::HEAD

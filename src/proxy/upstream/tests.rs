@@ -298,11 +298,24 @@ async fn read_request(s: &mut TcpStream, seen: &mut Vec<u8>) -> Option<()> {
     }
 }
 
+const LIMITS: HeadLimits = HeadLimits {
+    timeout: Duration::from_secs(30),
+    max_interim: 8,
+};
+
 async fn request(addr: &str, method: Method) -> Result<(Head, Body), UpstreamError> {
+    request_with(addr, method, LIMITS).await
+}
+
+async fn request_with(
+    addr: &str,
+    method: Method,
+    limits: HeadLimits,
+) -> Result<(Head, Body), UpstreamError> {
     let body = Bytes::from_static(b"{}");
     let head =
         encode_head(&method, "/x", &HeaderMap::new(), addr, body.len(), None).expect("valid");
-    send(addr, &head, &body, &method).await
+    send(addr, &head, &body, &method, limits).await
 }
 
 async fn fetch(addr: &str) -> Result<(StatusCode, Bytes), String> {
@@ -481,6 +494,51 @@ async fn interim_answers_are_skipped_and_head_answers_have_no_body() {
         Ok((StatusCode::OK, Bytes::from("ok")))
     );
     assert_eq!(b.conns.load(Ordering::SeqCst), 1);
+}
+
+/// A backend that reads each request and then writes `answer` over and over, never finishing.
+async fn endless(answer: &'static [u8]) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                if read_request(&mut s, &mut seen).await.is_none() {
+                    return;
+                }
+                while !answer.is_empty() && s.write_all(answer).await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                // Silent: holds the connection open without a word.
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_backend_that_never_answers_times_out_at_the_head_deadline() {
+    let addr = endless(b"").await;
+    let limits = HeadLimits {
+        timeout: Duration::from_millis(300),
+        ..LIMITS
+    };
+    let started = std::time::Instant::now();
+    let e = request_with(&addr, Method::POST, limits)
+        .await
+        .err()
+        .expect("times out");
+    assert!(matches!(e, UpstreamError::HeadTimeout(_)), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn endless_interim_answers_stop_at_the_limit() {
+    let addr = endless(b"HTTP/1.1 102 Processing\r\n\r\n").await;
+    let e = request(&addr, Method::POST).await.err().expect("refused");
+    assert!(matches!(e, UpstreamError::TooManyInterim(8)), "{e}");
 }
 
 #[tokio::test(flavor = "current_thread")]
