@@ -11,6 +11,7 @@ mod audit; // (a directory) the audit trail three ways, its failure modes, rate 
 mod cli; // --check-config, help, man pages, client errors
 mod instances; // instances as transient units: lifecycle, restarts, adoption, CLI
 mod limits; // the HTTP server's connection limits: header timeout, max connections, slowloris
+mod operations; // instance operations run to completion: a client leaving, 202 after request_timeout
 mod packaging; // packaging/check.sh
 mod plain_process; // llamactld as a plain process, no systemd: stderr logs, no bus, the socket
 mod proxy; // the OpenAI-compatible proxy in front of real llama-servers

@@ -242,6 +242,24 @@ async fn serve(
     daemon.signal_loop(&mut signals, status_rx).await;
     stop_stats.store(true, std::sync::atomic::Ordering::Relaxed);
     let drained = drain(shutdown_tx, server).await;
+    // Instance operations run to completion (http::detach): a stop must not cut one half-way.
+    let running = state.detach.running();
+    if running > 0 {
+        info!(
+            operations = running,
+            "waiting for instance operations to finish"
+        );
+        let limit = state.config().config.instances.job_timeout.get() + Duration::from_secs(5);
+        if tokio::time::timeout(limit, state.detach.idle())
+            .await
+            .is_err()
+        {
+            warn!(
+                operations = state.detach.running(),
+                "instance operations still running; stopping anyway"
+            );
+        }
+    }
     if let Err(e) = auth.keys.flush() {
         warn!(component = "auth", error = %e, "could not save the keys' last use");
     }

@@ -5,6 +5,7 @@
 //! each mutating route to its event; a test reads the router's source so that none is missing
 //! (at run time a missing one is logged as the bug it is). Also `GET /api/v1/audit`.
 
+use super::detach::Detached;
 use super::error::ApiError;
 use super::guard::RequestCaller;
 use super::AppState;
@@ -19,6 +20,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What a mutating route records.
 #[derive(Debug, PartialEq, Eq)]
@@ -118,7 +120,67 @@ pub async fn audited(
         }
     }
     let named = path_name(req.uri().path());
-    let res = next.run(req).await;
+    if !is_lifecycle(kind) {
+        let res = next.run(req).await;
+        return record(&state, &caller, kind, &template, named, res).await;
+    }
+    // An instance operation runs to completion, its record with it, whatever happens to the
+    // request (`detach`); the request waits for it, at most about `request_timeout`.
+    let mut req = req;
+    req.extensions_mut().insert(Detached);
+    let task = {
+        let state = state.clone();
+        state.detach.clone().spawn(async move {
+            let res = next.run(req).await;
+            record(&state, &caller, kind, &template, named, res).await
+        })
+    };
+    let timeout = state.config().config.server.request_timeout.get();
+    let wait = timeout.saturating_sub((timeout / 10).max(Duration::from_millis(100)));
+    match tokio::time::timeout(wait, task).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(_)) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the operation ended unexpectedly (see the daemon's log)",
+        )
+        .into_response(),
+        Err(_) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "status": "accepted",
+                "message": format!(
+                    "the operation is still running after {} s and goes on; GET the instance for its state (its audit record says how it ended)",
+                    wait.as_secs()
+                ),
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// The instance operations that run detached (see `detach`).
+fn is_lifecycle(kind: EventKind) -> bool {
+    use EventKind::*;
+    matches!(
+        kind,
+        InstanceCreate
+            | InstanceUpdate
+            | InstanceDelete
+            | InstanceStart
+            | InstanceStop
+            | InstanceRestart
+    )
+}
+
+/// Records the event of a handled request with its outcome, and passes its answer on.
+async fn record(
+    state: &AppState,
+    caller: &RequestCaller,
+    kind: EventKind,
+    template: &str,
+    named: Option<String>,
+    res: Response,
+) -> Response {
     let mut e = caller.event(kind);
     let target = res
         .extensions()

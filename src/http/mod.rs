@@ -3,6 +3,7 @@
 
 mod app;
 pub mod audit;
+pub mod detach;
 pub mod error;
 pub mod guard;
 pub mod health;
@@ -23,7 +24,6 @@ use axum::routing::get;
 use axum::{middleware, Router};
 use std::sync::Arc;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 
 use crate::metrics::Format;
 use error::ApiError;
@@ -55,10 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(audit::routes())
         .fallback(error::not_found)
         .layer(middleware::from_fn(error::json_errors))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
+        .layer(middleware::from_fn_with_state(timeout, deadline))
         .layer(DefaultBodyLimit::max(
             usize::try_from(max_body).unwrap_or(usize::MAX),
         ))
@@ -92,6 +89,29 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(request_id::FastRequestId))
         .with_state(state)
+}
+
+/// `[server] request_timeout` for an API request (408 after it), except an instance operation,
+/// which runs detached and whose wait the audit layer bounds (`detach`).
+async fn deadline(
+    axum::extract::State(timeout): axum::extract::State<std::time::Duration>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if req.extensions().get::<detach::Detached>().is_some() {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request took longer than {} s ([server] request_timeout)",
+                timeout.as_secs_f64()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// `GET /metrics`: Prometheus text 0.0.4, or OpenMetrics when the scraper asks for it.

@@ -37,6 +37,8 @@ pub struct AppState {
     pub log_output: &'static str,
     pub started: Instant,
     pub started_at: SystemTime,
+    /// Where instance operations run to completion (`detach`).
+    pub detach: Arc<super::detach::Detacher>,
 }
 
 impl AppState {
@@ -71,6 +73,8 @@ impl AppState {
             log_output,
             started: Instant::now(),
             started_at: SystemTime::now(),
+            // Made on the daemon's main runtime: the operations run there.
+            detach: super::detach::Detacher::new(tokio::runtime::Handle::current()),
         }
     }
 

@@ -304,21 +304,28 @@ impl Supervisor {
         policy::check(&options, &settings.instances)?;
         let port = self.assign_port(name, options.port().or(old_port), options.host())?;
         options.set_port(port);
-        if running {
-            self.stop_locked(name).await?;
-        }
-        let spec = {
-            let mut t = self.table();
-            let e = t.instances.get_mut(name).ok_or_else(|| not_found(name))?;
-            e.handle.set_target(target_of(&options));
-            e.spec.options = options;
-            e.spec.clone()
-        };
+        // The new spec on disk first (its desired state unchanged), then in memory: a crash or a
+        // failed write never leaves the instance stopped with its new options unsaved.
+        let mut spec = self
+            .table()
+            .instances
+            .get(name)
+            .map(|e| e.spec.clone())
+            .ok_or_else(|| not_found(name))?;
+        spec.options = options;
         self.store
             .save(name, &spec)
             .map_err(|e| OpError::Failed(format!("{e:#}")))?;
+        {
+            let mut t = self.table();
+            let e = t.instances.get_mut(name).ok_or_else(|| not_found(name))?;
+            e.handle.set_target(target_of(&spec.options));
+            e.spec = spec;
+        }
         info!(llamactl_instance = name, "instance updated");
         if running {
+            // Restarted with the new options, its desired state still "running".
+            self.stop_unit(name).await?;
             self.start_locked(name, Rights::ALL).await?;
         }
         self.get(name)
@@ -332,6 +339,9 @@ impl Supervisor {
             return Err(not_found(name));
         }
         let m = self.manager()?;
+        // Stopped is recorded first: a crash between the stop and the unlink must not start
+        // the instance again when the daemon comes back.
+        self.set_desired(name, DesiredState::Stopped)?;
         let unit = spec::unit_name(name);
         m.stop(&unit, self.settings().instances.job_timeout.get())
             .await
@@ -370,24 +380,35 @@ impl Supervisor {
     pub async fn restart(&self, name: &str) -> Result<Value, OpError> {
         spec::validate_name(name).map_err(OpError::BadRequest)?;
         let _op = self.ops.lock().await;
-        self.stop_locked(name).await?;
+        if !self.table().instances.contains_key(name) {
+            return Err(not_found(name));
+        }
+        // The desired state is not touched by the stop: a crash in between leaves an instance
+        // that wants to run, which the daemon starts when it comes back.
+        self.stop_unit(name).await?;
         self.start_locked(name, Rights::ALL).await?;
         self.get(name)
     }
 
+    /// Records the desired state: on disk first, then in memory, so a failed write changes
+    /// neither (every lifecycle change is made under the operations lock).
     fn set_desired(&self, name: &str, desired: DesiredState) -> Result<(), OpError> {
-        let spec = {
-            let mut t = self.table();
-            let e = t.instances.get_mut(name).ok_or_else(|| not_found(name))?;
+        let mut spec = {
+            let t = self.table();
+            let e = t.instances.get(name).ok_or_else(|| not_found(name))?;
             if e.spec.desired_state == desired {
                 return Ok(());
             }
-            e.spec.desired_state = desired;
             e.spec.clone()
         };
+        spec.desired_state = desired;
         self.store
             .save(name, &spec)
-            .map_err(|e| OpError::Failed(format!("{e:#}")))
+            .map_err(|e| OpError::Failed(format!("{e:#}")))?;
+        if let Some(e) = self.table().instances.get_mut(name) {
+            e.spec.desired_state = desired;
+        }
+        Ok(())
     }
 
     fn record_error(&self, name: &str, err: Option<String>) {
@@ -452,6 +473,11 @@ impl Supervisor {
             .await
             .map_err(|e| unit_error(e, format!("resetting {}", plan.unit)))?;
         info!(llamactl_instance = name, unit = %plan.unit, argv = %policy::redact_argv(&plan.argv).join(" "), "starting instance");
+        // Desired "running" is recorded before the unit starts: a crash in between leaves an
+        // instance the daemon starts when it comes back, never a running unit whose spec says
+        // stopped. A start that fails puts it back.
+        let was = spec.desired_state;
+        self.set_desired(name, DesiredState::Running)?;
         let started = m
             .start_transient(&plan, self.settings().instances.job_timeout.get())
             .await;
@@ -459,13 +485,15 @@ impl Supervisor {
         match started {
             Ok(()) => {
                 self.record_error(name, None);
-                self.set_desired(name, DesiredState::Running)?;
                 Ok(())
             }
             Err(e) => {
                 let e = unit_error(e, format!("starting {}", plan.unit));
                 warn!(llamactl_instance = name, error = %e, "instance start failed");
                 self.record_error(name, Some(e.to_string()));
+                if let Err(undo) = self.set_desired(name, was) {
+                    warn!(llamactl_instance = name, error = %undo, "could not record the desired state back");
+                }
                 Err(e)
             }
         }
@@ -475,8 +503,14 @@ impl Supervisor {
         if !self.table().instances.contains_key(name) {
             return Err(not_found(name));
         }
-        let m = self.manager()?;
+        self.manager()?;
         self.set_desired(name, DesiredState::Stopped)?;
+        self.stop_unit(name).await
+    }
+
+    /// Stops the instance's unit, its desired state untouched.
+    async fn stop_unit(&self, name: &str) -> Result<(), OpError> {
+        let m = self.manager()?;
         let unit = spec::unit_name(name);
         let stopped = m
             .stop(&unit, self.settings().instances.job_timeout.get())

@@ -360,3 +360,142 @@ async fn specs_on_disk_are_validated_and_adopted() {
         serde_json::from_slice(&std::fs::read(r.dir.join("instances/good.json")).unwrap()).unwrap();
     assert_eq!(saved.options.port(), Some(42160));
 }
+
+/// What disk, memory and the manager say about one instance must agree: the spec file and the
+/// table hold the same options and desired state (or neither has the instance), and a running
+/// unit always has a spec that wants it running (never a running unit a restarted daemon would
+/// not know to keep).
+async fn agree(r: &Rig, name: &str) -> Result<(), String> {
+    use crate::systemd::manager::UnitManager;
+    let file = r.dir.join(format!("instances/{name}.json"));
+    let disk: Option<InstanceSpec> = match std::fs::read(&file) {
+        Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| format!("spec on disk: {e}"))?),
+        Err(_) => None,
+    };
+    let memory = r.sup.table().instances.get(name).map(|e| e.spec.clone());
+    match (&disk, &memory) {
+        (Some(d), Some(m)) => {
+            if d.desired_state != m.desired_state || d.options != m.options {
+                return Err(format!("disk {d:?} != memory {m:?}"));
+            }
+        }
+        (None, None) => {}
+        (d, m) => {
+            return Err(format!(
+                "on disk: {}, in memory: {}",
+                d.is_some(),
+                m.is_some()
+            ))
+        }
+    }
+    let unit = r
+        .units
+        .state(&unit(name))
+        .await
+        .map_err(|e| e.to_string())?;
+    if unit.active_state == "active"
+        && disk.as_ref().map(|d| d.desired_state) != Some(super::spec::DesiredState::Running)
+    {
+        return Err(format!("unit active, spec on disk {disk:?}"));
+    }
+    Ok(())
+}
+
+/// Cuts `op` off after `after` (as a client leaving or a deadline would, before operations
+/// were detached) and lets the background settle.
+async fn cut<F: std::future::Future>(after: Duration, op: F) {
+    let _ = tokio::time::timeout(after, op).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+}
+
+/// Every lifecycle operation, cancelled at every point a timer can reach (the fake manager's
+/// start takes 60 ms), leaves disk, memory and the manager agreeing.
+#[tokio::test]
+async fn operations_cancelled_anywhere_leave_disk_memory_and_systemd_agreeing() {
+    let cuts = [0u64, 1, 10, 30, 59, 61, 90, 200];
+    for (i, &ms) in cuts.iter().enumerate() {
+        let at = Duration::from_millis(ms);
+        let port = 42200 + 20 * i as u16;
+        let r = rig_with(
+            &format!("cancel-{ms}"),
+            port,
+            FakeUnits::new(Duration::from_millis(60)),
+            |_| {},
+        );
+        cut(at, r.sup.create("c", spec(json!({})))).await;
+        agree(&r, "c")
+            .await
+            .map_err(|e| format!("create cut at {ms} ms: {e}"))
+            .unwrap();
+        if r.sup.get("c").is_err() {
+            r.sup.create("c", spec(json!({}))).await.unwrap();
+        }
+        cut(at, r.sup.start("c")).await;
+        agree(&r, "c")
+            .await
+            .map_err(|e| format!("start cut at {ms} ms: {e}"))
+            .unwrap();
+        // An update of a running instance restarts it with the new options.
+        let _ = r.sup.start("c").await;
+        cut(at, r.sup.update("c", spec(json!({"idle_timeout": 7})))).await;
+        agree(&r, "c")
+            .await
+            .map_err(|e| format!("update cut at {ms} ms: {e}"))
+            .unwrap();
+        // An update never leaves a running instance wanting to be stopped.
+        assert_eq!(
+            r.sup.get("c").unwrap()["desired_state"],
+            "running",
+            "update cut at {ms} ms"
+        );
+        cut(at, r.sup.restart("c")).await;
+        agree(&r, "c")
+            .await
+            .map_err(|e| format!("restart cut at {ms} ms: {e}"))
+            .unwrap();
+        cut(at, r.sup.stop("c")).await;
+        agree(&r, "c")
+            .await
+            .map_err(|e| format!("stop cut at {ms} ms: {e}"))
+            .unwrap();
+        let _ = r.sup.start("c").await;
+        cut(at, r.sup.delete("c")).await;
+        agree(&r, "c")
+            .await
+            .map_err(|e| format!("delete cut at {ms} ms: {e}"))
+            .unwrap();
+    }
+}
+
+/// A spec that cannot be written changes nothing: not the memory, not the unit.
+#[tokio::test]
+async fn a_failed_spec_write_changes_neither_memory_nor_the_unit() {
+    use std::os::unix::fs::PermissionsExt;
+    // Root ignores directory permissions: a file in the spec's place that is a directory makes
+    // the atomic rename fail for anyone.
+    let r = rig("wfail", 42400, |_| {});
+    r.sup.create("w", spec(json!({}))).await.unwrap();
+    let tmp_blocker = r.dir.join("instances/w.json");
+    std::fs::remove_file(&tmp_blocker).unwrap();
+    std::fs::create_dir(&tmp_blocker).unwrap();
+    std::fs::set_permissions(&tmp_blocker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = r.sup.start("w").await.unwrap_err();
+    assert!(matches!(e, OpError::Failed(_)), "{e:?}");
+    assert!(
+        r.units.starts().is_empty(),
+        "no unit started: {:?}",
+        r.units.starts()
+    );
+    assert_eq!(
+        r.sup.get("w").unwrap()["desired_state"],
+        "stopped",
+        "memory unchanged"
+    );
+    let e = r
+        .sup
+        .update("w", spec(json!({"idle_timeout": 9})))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OpError::Failed(_)), "{e:?}");
+    assert_ne!(r.sup.get("w").unwrap()["options"]["idle_timeout"], 9);
+}

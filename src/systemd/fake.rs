@@ -149,7 +149,8 @@ impl UnitManager for FakeUnits {
     ) -> BoxFuture<'a, Result<(), UnitError>> {
         Box::pin(async move {
             self.check()?;
-            tokio::time::sleep(self.start_delay).await;
+            // As systemd: the unit starts once the job is queued, and the job's end is reported
+            // `start_delay` later; a caller that stops waiting does not stop the start.
             let fail = {
                 let mut g = self.lock();
                 g.starts.push(svc.unit.clone());
@@ -160,23 +161,27 @@ impl UnitManager for FakeUnits {
                 (false, Some(p)) => tokio::net::TcpListener::bind(("127.0.0.1", p)).await.ok(),
                 _ => None,
             };
-            let mut g = self.lock();
-            g.next_pid += 1;
-            let pid = g.next_pid;
-            let ok = listener.is_some();
-            let u = g.units.entry(svc.unit.clone()).or_default();
-            u.state = UnitState {
-                loaded: true,
-                active_state: if ok { "active" } else { "failed" }.into(),
-                sub_state: if ok { "running" } else { "failed" }.into(),
-                main_pid: if ok { pid } else { 0 },
-                result: if ok { "success" } else { "exit-code" }.into(),
-                active_enter_timestamp: u64::from(pid) * 1_000_000,
-                control_group: format!("/llamactl.slice/{}", svc.unit),
-                ..Default::default()
+            let ok = {
+                let mut g = self.lock();
+                g.next_pid += 1;
+                let pid = g.next_pid;
+                let ok = listener.is_some();
+                let u = g.units.entry(svc.unit.clone()).or_default();
+                u.state = UnitState {
+                    loaded: true,
+                    active_state: if ok { "active" } else { "failed" }.into(),
+                    sub_state: if ok { "running" } else { "failed" }.into(),
+                    main_pid: if ok { pid } else { 0 },
+                    result: if ok { "success" } else { "exit-code" }.into(),
+                    active_enter_timestamp: u64::from(pid) * 1_000_000,
+                    control_group: format!("/llamactl.slice/{}", svc.unit),
+                    ..Default::default()
+                };
+                u.backend = listener.map(|l| tokio::spawn(backend(l)));
+                Self::notify(&mut g, &svc.unit);
+                ok
             };
-            u.backend = listener.map(|l| tokio::spawn(backend(l)));
-            Self::notify(&mut g, &svc.unit);
+            tokio::time::sleep(self.start_delay).await;
             if ok {
                 Ok(())
             } else {

@@ -333,11 +333,16 @@ fn instance_ports() -> (u16, u16) {
 /// (the fake backend is a command instance) and quick health probes. `more` continues the
 /// `[instances]` section (and may open others); `extra_unit` goes into the unit's drop-in.
 pub fn daemon(test: &str, more: &str, extra_unit: &str) -> DaemonUnit {
+    daemon_with(test, "", more, extra_unit)
+}
+
+/// [`daemon`] with `server` keys added to its `[server]` section.
+pub fn daemon_with(test: &str, server: &str, more: &str, extra_unit: &str) -> DaemonUnit {
     let (lo, hi) = instance_ports();
     let d = DaemonUnit::install(
         test,
         super::free_port(),
-        &format!("[instances]\nallowed_backends = [\"llama_cpp\", \"vllm\", \"command\"]\nport_range = [{lo}, {hi}]\nhealth_check_interval = \"500ms\"\n{more}"),
+        &format!("{server}[instances]\nallowed_backends = [\"llama_cpp\", \"vllm\", \"command\"]\nport_range = [{lo}, {hi}]\nhealth_check_interval = \"500ms\"\n{more}"),
         extra_unit,
     );
     d.start();
