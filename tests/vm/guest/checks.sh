@@ -368,21 +368,28 @@ itest_setup() {
 # scope and the sandbox's root were given.
 c_harness() {
     [[ -n $itest_ready ]] || itest_setup || return 1
-    local src sb st=/tmp/vmtest-sb rc=0 inside scope
+    local src sb st=/tmp/vmtest-sb rc=0 scope d have='' enabled=''
     src=$(awk '$1 == "src" { print $2 }' "$IT/mounts")
     sb=$src/tests/harness/systemd-sandbox.sh
     export SANDBOX_NAME=vmtest-sb SANDBOX_STATE=$st SANDBOX_NET=host SANDBOX_BIND=
     systemd-run --scope --quiet -p Delegate=yes --unit=vmtest-harness -- bash "$sb" up >"$OUT/harness-up.log" 2>&1 || rc=$?
     scope=/sys/fs/cgroup/system.slice/vmtest-harness.scope
-    note "harness scope: controllers [$(cat "$scope/cgroup.controllers" 2>&1)] subtree_control [$(cat "$scope/cgroup.subtree_control" 2>&1)] system.slice subtree_control [$(cat /sys/fs/cgroup/system.slice/cgroup.subtree_control 2>&1)]"
-    inside=$(bash "$sb" exec cat /sys/fs/cgroup/cgroup.controllers 2>&1) || true
-    note "harness manager's root: controllers [$inside], procs [$(bash "$sb" exec cat /sys/fs/cgroup/cgroup.procs 2>&1 | tr '\n' ' ')]"
+    note "harness scope: controllers [$(cat "$scope/cgroup.controllers" 2>&1)] subtree_control [$(cat "$scope/cgroup.subtree_control" 2>&1)]"
+    # The sandbox's cgroup, seen from here: what it was given, and what its manager enabled.
+    d=$(grep -m1 '^/sys/fs/cgroup/' "$st/cgroups" 2>/dev/null) || true
+    if [[ -n $d ]]; then
+        have=$(cat "$d/cgroup.controllers" 2>&1)
+        enabled=$(cat "$d/cgroup.subtree_control" 2>&1)
+        note "harness cgroup $d: controllers [$have] subtree_control [$enabled] procs [$(tr '\n' ' ' <"$d/cgroup.procs" 2>&1)]"
+    fi
     bash "$sb" down >>"$OUT/harness-up.log" 2>&1 || true
     unset SANDBOX_NAME SANDBOX_STATE SANDBOX_NET SANDBOX_BIND
     ((rc == 0)) || { tail -n 5 "$OUT/harness-up.log"; return 1; }
-    grep -q WARNING "$OUT/harness-up.log" && grep WARNING "$OUT/harness-up.log" | head -n 3
+    [[ -n $d ]] || { echo "no sandbox cgroup in $st/cgroups"; return 1; }
+    [[ $d == "$scope/vmtest-sb" ]] || { echo "the sandbox's cgroup is $d, not below the delegated scope"; return 1; }
     for c in memory cpu io pids; do
-        [[ " $inside " == *" $c "* ]] || { echo "the sandbox's manager has no $c controller: [$inside]"; return 1; }
+        [[ " $have " == *" $c "* ]] || { echo "the sandbox's cgroup was not given $c: [$have]"; return 1; }
+        [[ " $enabled " == *" $c "* ]] || { echo "the sandbox's manager did not enable $c for its units: [$enabled]"; return 1; }
     done
 }
 
