@@ -88,7 +88,7 @@ const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: appli
 
 /// The running server: the acceptor and the worker threads.
 pub struct Server {
-    done: Vec<oneshot::Receiver<io::Result<()>>>,
+    done: Vec<oneshot::Receiver<()>>,
 }
 
 /// Run on each worker thread's runtime before it serves (the daemon starts per-thread
@@ -128,7 +128,7 @@ impl Server {
                         on_worker();
                     }
                     runtime.block_on(worker(rx, app, limits, metrics, stop));
-                    let _ = done_tx.send(Ok(()));
+                    let _ = done_tx.send(());
                 })?;
             senders.push(tx);
             done.push(done_rx);
@@ -144,7 +144,7 @@ impl Server {
     pub async fn join(self) -> io::Result<()> {
         for d in self.done {
             match d.await {
-                Ok(r) => r?,
+                Ok(()) => {}
                 Err(_) => return Err(io::Error::other("an HTTP worker thread died")),
             }
         }
