@@ -255,7 +255,16 @@ fn a_scrape_with_instances_in_every_state_passes_promtool() {
             json!({}),
         ),
     );
-    create_start(&d, "s-failed", command(&["/bin/false"], json!({})));
+    // Not /bin/false: a command that exits at once can end before systemd confirms the exec,
+    // and then the start job itself fails (a 500), which is a different state to test.
+    create_start(
+        &d,
+        "s-failed",
+        command(
+            &[&fake, "--port", "{port}", "--fail-after", "300"],
+            json!({"auto_restart": false}),
+        ),
+    );
     create_start(
         &d,
         "s-restarting",
