@@ -273,6 +273,10 @@ fn traffic(m: &Metrics) {
     sparse.observe(2, 503, 0.002, None);
     smol.tokens(120, 480, Some(42.5));
     smol.tokens(30, 0, None);
+    // An instance's handle keeps its series for as long as the instance exists; dropping them
+    // would take the series out of `/metrics` (a deleted instance's, see `InstanceSeries`).
+    std::mem::forget(smol);
+    std::mem::forget(sparse);
 
     let a = &m.access;
     a.count_auth("management", "success");

@@ -96,6 +96,11 @@ impl ProxyMetrics {
 /// One instance's proxy series, looked up in the families once per label set and then kept
 /// (with the instance's handle), so a request records its metrics without building label sets
 /// or hashing them. `endpoints` are the endpoint labels the caller uses, by index.
+///
+/// Dropped with the handle of a deleted instance (after its last request in flight), it takes
+/// its series out of the families: otherwise a loop of create, request, delete would grow
+/// `/metrics` without bound. (An instance deleted and created again under the same name while
+/// a request to the old one is still running loses the series recorded between the two.)
 pub struct InstanceSeries {
     metrics: ProxyMetrics,
     instance: String,
@@ -208,6 +213,73 @@ impl InstanceSeries {
                         .clone()
                 })
                 .set(tps);
+        }
+    }
+}
+
+impl Drop for InstanceSeries {
+    fn drop(&mut self) {
+        for (i, slot) in self.per_endpoint.iter().enumerate() {
+            let Some(e) = slot.get() else { continue };
+            let endpoint = self.endpoints[i].to_string();
+            for (status, _) in e.requests.read().unwrap_or_else(|p| p.into_inner()).iter() {
+                self.metrics.requests.remove(&RequestLabels {
+                    instance_name: self.instance.clone(),
+                    endpoint: endpoint.clone(),
+                    status: *status,
+                });
+            }
+            let l = EndpointLabels {
+                instance_name: self.instance.clone(),
+                endpoint,
+            };
+            self.metrics.duration.remove(&l);
+            self.metrics.ttfb.remove(&l);
+        }
+        for (kind, slot) in [("prompt", &self.prompt), ("completion", &self.completion)] {
+            if slot.get().is_some() {
+                self.metrics.tokens.remove(&TokenLabels {
+                    instance_name: self.instance.clone(),
+                    r#type: kind.into(),
+                });
+            }
+        }
+        if self.tokens_per_second.get().is_some() {
+            self.metrics.tokens_per_second.remove(&InstanceLabels {
+                instance_name: self.instance.clone(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    fn text(r: &Registry) -> String {
+        let mut s = String::new();
+        encode(&mut s, r).expect("encode");
+        s
+    }
+
+    #[test]
+    fn an_instance_series_takes_its_series_away_when_dropped() {
+        let mut r = Registry::default();
+        let m = ProxyMetrics::register(&mut r);
+        let keep = InstanceSeries::new(&m, "keep", &["chat", "embeddings"]);
+        keep.observe(0, 200, 0.1, Some(0.01));
+        for round in 0..3 {
+            let gone = InstanceSeries::new(&m, "gone", &["chat", "embeddings"]);
+            gone.observe(0, 200, 0.1, Some(0.01));
+            gone.observe(0, 502, 0.1, None);
+            gone.observe(1, 200, 0.1, None);
+            gone.tokens(10, 20, Some(5.0));
+            assert!(text(&r).contains("instance_name=\"gone\""), "round {round}");
+            drop(gone);
+            let after = text(&r);
+            assert!(!after.contains("\"gone\""), "round {round}: {after}");
+            assert!(after.contains("instance_name=\"keep\""), "{after}");
         }
     }
 }

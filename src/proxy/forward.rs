@@ -216,6 +216,8 @@ mod tests {
 
     /// Sends one request through `respond` to a backend on `addr`; returns the tapped body and
     /// the metrics it reports to.
+    /// The body, and the metrics its series record to (the series are kept alive, as an
+    /// instance's handle keeps them: dropped, they leave the metrics).
     async fn proxied(addr: std::net::SocketAddr) -> (Body, ProxyMetrics) {
         let metrics = ProxyMetrics::register(&mut prometheus_client::registry::Registry::default());
         let addr = addr.to_string();
@@ -236,12 +238,11 @@ mod tests {
         let (head, body) = upstream::send(&addr, &head, &body, &Method::POST, limits)
             .await
             .expect("backend answers");
+        let series =
+            std::sync::Arc::new(InstanceSeries::new(&metrics, "t", super::super::ENDPOINTS));
+        std::mem::forget(series.clone());
         let watch = Watch {
-            series: std::sync::Arc::new(InstanceSeries::new(
-                &metrics,
-                "t",
-                super::super::ENDPOINTS,
-            )),
+            series,
             endpoint: 0,
             started: Instant::now(),
             _in_flight: None,
