@@ -267,6 +267,38 @@ fn watchdog_restarts_a_stopped_daemon() {
     assert_eq!(get(port, "/api/health").status, 200);
 }
 
+/// A wedged HTTP worker (its thread blocked for good, as a blocking call or a busy loop would
+/// leave it) stops the watchdog pings although the main runtime is well: systemd restarts the
+/// daemon. The wedge is a fault the debug build injects on request.
+#[test]
+fn watchdog_restarts_a_daemon_with_a_wedged_http_worker() {
+    unit_test!();
+    let port = free_port();
+    let d = DaemonUnit::install(
+        "wedged",
+        port,
+        "workers = 2\n",
+        "WatchdogSec=2s\nRestartSec=100ms\nEnvironment=LLAMACTL_FAULT_WEDGE_HTTP_WORKER=4",
+    );
+    d.start();
+    let first_pid = d.prop("MainPID");
+    assert_eq!(d.prop("NRestarts"), "0");
+    wait_for("a watchdog restart", Duration::from_secs(40), || {
+        let n: u32 = d.prop("NRestarts").parse().unwrap_or(0);
+        (n >= 1 && d.prop("MainPID") != first_pid).then_some(())
+    });
+    let j = d.journal_text();
+    assert!(
+        j.contains("fault injected: wedging this HTTP worker"),
+        "{j}"
+    );
+    assert!(
+        j.contains("HTTP worker 0 has not answered its heartbeat"),
+        "{j}"
+    );
+    assert!(j.contains("Watchdog timeout"), "{j}");
+}
+
 #[test]
 fn unreachable_bus_keeps_serving_degraded() {
     unit_test!();

@@ -95,6 +95,11 @@ async fn serve(
     let listen = listener.local_addr().context("reading the bound address")?;
     info!(component = "http", address = %listen, "listening");
 
+    // keys.json's temp files a crash left behind (the specs' go in `Supervisor::open`).
+    let leftovers = crate::fsutil::clean_temp_files(&state_dir);
+    if leftovers > 0 {
+        warn!(files = leftovers, dir = %state_dir.display(), "removed temp files an earlier crash left behind");
+    }
     let auth = Arc::new(
         Auth::open(
             &state_dir,
@@ -169,11 +174,23 @@ async fn serve(
         state_dir,
         logging.output,
     ));
+    // On-demand starts run to completion like the API's operations, and are waited for at stop.
+    let detach = state.detach.clone();
+    state.instances.set_spawner(Arc::new(move |op| {
+        detach.spawn(op);
+    }));
     let app = http::app(state.clone());
     // Kept-alive backend connections are per worker thread; so is their sweep.
     let on_worker: http::serve::OnWorker = Arc::new(|| {
         tokio::spawn(crate::proxy::idle_sweeper());
     });
+    // Every HTTP worker beats twice per watchdog interval; the ping waits on all of them.
+    let beat_every = notify::watchdog_interval()
+        .map(|w| w / 2)
+        .unwrap_or(Duration::from_secs(1))
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let heartbeats =
+        http::heartbeat::Heartbeats::new(cfg.server.worker_threads().max(1), beat_every);
     let server = http::serve::Server::start(
         listener,
         unix,
@@ -184,7 +201,10 @@ async fn serve(
             max_connections: cfg.server.max_connections,
         },
         state.metrics.http.clone(),
-        on_worker,
+        http::serve::WorkerHooks {
+            on_worker,
+            heartbeats: heartbeats.clone(),
+        },
         shutdown_rx.clone(),
     )
     .context("starting the HTTP workers")?;
@@ -223,7 +243,20 @@ async fn serve(
         listen,
     };
     notify::ready(&daemon.status_line(&status_rx.borrow()));
-    if let Some(every) = notify::spawn_watchdog() {
+    let beats = heartbeats.clone();
+    if let Some(every) = notify::spawn_watchdog(move |every| {
+        // A worker beats every `beat_every`; one silent for a whole ping interval is wedged.
+        let silent = beats.silent(every.max(beats.every() * 2));
+        match silent.first() {
+            None => Ok(()),
+            Some(s) => Err(format!(
+                "HTTP worker {} has not answered its heartbeat for {} ms ({} worker(s) silent)",
+                s.worker,
+                s.for_ms,
+                silent.len()
+            )),
+        }
+    }) {
         info!(
             interval_ms = every.as_millis() as u64,
             "watchdog pings enabled"

@@ -36,17 +36,39 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)
 }
 
-/// Pings the watchdog from a runtime task. If the runtime wedges (or the process is stopped),
-/// the pings stop and systemd restarts us: that is the point.
-pub fn spawn_watchdog() -> Option<Duration> {
+/// Pings the watchdog from a runtime task while `alive` says the rest of the daemon is well
+/// (the HTTP workers' heartbeats). If the main runtime wedges (or the process is stopped), or
+/// `alive` fails, the pings stop and systemd restarts us: that is the point. A failure is
+/// logged once per episode.
+pub fn spawn_watchdog<F>(alive: F) -> Option<Duration>
+where
+    F: Fn(Duration) -> Result<(), String> + Send + 'static,
+{
     let every = watchdog_interval()?;
     debug!(interval_ms = every.as_millis() as u64, "watchdog enabled");
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
         loop {
             tick.tick().await;
-            send(&[NotifyState::Watchdog]);
+            match alive(every) {
+                Ok(()) => {
+                    if failing {
+                        warn!("the daemon answers its heartbeat again; watchdog pings resume");
+                        failing = false;
+                    }
+                    send(&[NotifyState::Watchdog]);
+                }
+                Err(why) => {
+                    if !failing {
+                        tracing::error!(
+                            "{why}: withholding the watchdog ping, so systemd restarts the daemon unless this clears"
+                        );
+                        failing = true;
+                    }
+                }
+            }
         }
     });
     Some(every)

@@ -111,7 +111,8 @@ impl Service<Request> for App {
             let mut res = match guard::check(&state, &peer, need, route, &req) {
                 Ok(checked) => {
                     let res =
-                        crate::proxy::model_request(&state.proxy, req, &*checked.caller).await;
+                        crate::proxy::model_request(&state.proxy, req, checked.caller.clone())
+                            .await;
                     checked.decorate(res)
                 }
                 Err(answer) => *answer,

@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::guard::RequestCaller;
 use super::AppState;
 use crate::audit::file::Query;
-use crate::audit::EventKind;
+use crate::audit::{Event, EventKind};
 use axum::body::Body;
 use axum::extract::{Extension, MatchedPath, Query as Params, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -112,7 +112,11 @@ pub async fn audited(
         return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no caller").into_response();
     };
     if kind.is_mutation() {
-        if let Err(why) = state.audit.admit() {
+        let audit = state.audit.clone();
+        let admitted = tokio::task::spawn_blocking(move || audit.admit())
+            .await
+            .unwrap_or_else(|e| Err(format!("the audit check failed: {e}")));
+        if let Err(why) = admitted {
             let mut res = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).into_response();
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
@@ -196,7 +200,7 @@ async fn record(
     }
     let status = res.status();
     if status.is_success() {
-        state.audit.record(e);
+        write(state, e).await;
         return res;
     }
     // The error's message is the reason, read from a (small, declared) JSON error body; the
@@ -205,9 +209,7 @@ async fn record(
         .exact()
         .is_some_and(|n| n <= REASON_LIMIT as u64);
     if !small {
-        state
-            .audit
-            .record(e.failed(format!("HTTP {}", status.as_u16())));
+        write(state, e.failed(format!("HTTP {}", status.as_u16()))).await;
         return res;
     }
     let (parts, body) = res.into_parts();
@@ -218,8 +220,17 @@ async fn record(
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
-    state.audit.record(e.failed(reason));
+    write(state, e.failed(reason)).await;
     Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Writes an audit record on the blocking pool (an append, fsynced when `[audit] fsync`): the
+/// answer waits for it, the HTTP worker's thread does not.
+async fn write(state: &AppState, e: Event) {
+    let audit = state.audit.clone();
+    if let Err(err) = tokio::task::spawn_blocking(move || audit.record(e)).await {
+        tracing::error!(component = "audit", error = %err, "writing an audit record failed");
+    }
 }
 
 pub fn routes() -> Router<Arc<AppState>> {

@@ -82,10 +82,6 @@ impl Caller for RequestCaller {
         self.principal.may_use_instance(instance)
     }
 
-    fn requester(&self) -> &dyn Requester {
-        self
-    }
-
     fn usage(&self) -> Option<Arc<dyn KeyUsage>> {
         match &self.principal {
             Principal::Key(k) => Some(Arc::new(KeyTokens {

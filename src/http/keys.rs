@@ -65,7 +65,22 @@ async fn create(State(s): S, Extension(by): By, body: Bytes) -> Response {
     // The audit record names the key, whatever the outcome.
     let target = Extension(Target(new.name.clone()));
     let now = now();
-    match s.auth.keys.create(new, now) {
+    // keys.json is written (and fsynced) on the blocking pool, not on the HTTP worker.
+    let auth = s.auth.clone();
+    let created = match tokio::task::spawn_blocking(move || auth.keys.create(new, now)).await {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                target,
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("creating the key failed: {e}"),
+                ),
+            )
+                .into_response()
+        }
+    };
+    match created {
         Ok((key, entry)) => {
             info!(
                 component = "auth",
@@ -87,7 +102,15 @@ async fn revoke(
     Extension(by): By,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let entry = s.auth.keys.revoke(&name)?;
+    let auth = s.auth.clone();
+    let entry = tokio::task::spawn_blocking(move || auth.keys.revoke(&name))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("revoking the key failed: {e}"),
+            )
+        })??;
     s.metrics.access.forget_key(&entry.name);
     info!(
         component = "auth",

@@ -7,6 +7,7 @@ pub mod detach;
 pub mod error;
 pub mod guard;
 pub mod health;
+pub mod heartbeat;
 mod instances;
 mod keys;
 mod observe;

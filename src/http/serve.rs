@@ -21,6 +21,7 @@
 //! never reaches a worker. Both are counted in `metrics::http`.
 
 use super::app::MakeApp;
+use super::heartbeat::Heartbeats;
 use crate::auth::{peer::peer_cred, Peer};
 use crate::metrics::http::HttpMetrics;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -95,6 +96,13 @@ pub struct Server {
 /// background tasks there, such as the proxy's idle-connection sweep).
 pub type OnWorker = std::sync::Arc<dyn Fn() + Send + Sync>;
 
+/// What the daemon gives each worker thread: its start hook and the heartbeat slots it
+/// stamps for the watchdog.
+pub struct WorkerHooks {
+    pub on_worker: OnWorker,
+    pub heartbeats: Arc<Heartbeats>,
+}
+
 impl Server {
     /// Starts `limits.workers` threads (at least one) serving `app` on connections from `listener`,
     /// until `shutdown` turns true; then they stop accepting and finish what is in flight.
@@ -104,9 +112,13 @@ impl Server {
         app: MakeApp,
         limits: Limits,
         metrics: HttpMetrics,
-        on_worker: OnWorker,
+        hooks: WorkerHooks,
         shutdown: watch::Receiver<bool>,
     ) -> io::Result<Self> {
+        let WorkerHooks {
+            on_worker,
+            heartbeats,
+        } = hooks;
         let mut senders = Vec::new();
         let mut done = Vec::new();
         for i in 0..limits.workers.max(1) {
@@ -120,14 +132,18 @@ impl Server {
             let stop = shutdown.clone();
             let on_worker = on_worker.clone();
             let metrics = metrics.clone();
+            let heartbeats = heartbeats.clone();
             std::thread::Builder::new()
                 .name(format!("llamactld-http{i}"))
                 .spawn(move || {
                     {
                         let _in = runtime.enter();
                         on_worker();
+                        tokio::spawn(heartbeats.clone().run(i));
+                        fault::wedge_worker(i);
                     }
                     runtime.block_on(worker(rx, app, limits, metrics, stop));
+                    heartbeats.retire(i);
                     let _ = done_tx.send(());
                 })?;
             senders.push(tx);
@@ -150,6 +166,36 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Faults a test can inject into a debug build, to prove what the daemon does about them.
+/// Release builds (the packages) have none.
+mod fault {
+    /// `LLAMACTL_FAULT_WEDGE_HTTP_WORKER=<seconds>`: that long after start, worker 0 blocks
+    /// its thread for good (as a blocking call or a busy loop would), which the watchdog must
+    /// notice (`heartbeat`).
+    #[cfg(debug_assertions)]
+    pub fn wedge_worker(worker: usize) {
+        let after = std::env::var("LLAMACTL_FAULT_WEDGE_HTTP_WORKER")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
+        if let (0, Some(secs)) = (worker, after) {
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+                tracing::warn!(
+                    component = "http",
+                    worker,
+                    "fault injected: wedging this HTTP worker (LLAMACTL_FAULT_WEDGE_HTTP_WORKER)"
+                );
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            });
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    pub fn wedge_worker(_worker: usize) {}
 }
 
 /// One accepted connection from either listener, made ready to hand to a worker: TCP gets

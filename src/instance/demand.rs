@@ -39,10 +39,10 @@ impl Supervisor {
     /// instance is refused; without `can_evict` the start waits for a free slot under
     /// `max_running` instead of evicting.
     pub async fn ensure_ready(
-        &self,
+        self: &Arc<Self>,
         handle: &Handle,
         timeout: Duration,
-        requester: &dyn Requester,
+        requester: Arc<dyn Requester>,
     ) -> Result<bool, OpError> {
         // Hot path of every proxied request: a ready instance needs no lock at all.
         if handle.is_ready() {
@@ -57,7 +57,7 @@ impl Supervisor {
         };
         let mut started = false;
         {
-            let _one_start = tokio::time::timeout_at(deadline.into(), gate.lock())
+            let one_start = tokio::time::timeout_at(deadline.into(), gate.lock_owned())
                 .await
                 .map_err(|_| timed_out(name, timeout))?;
             let (state, allowed) = {
@@ -84,32 +84,25 @@ impl Supervisor {
                         state.as_str()
                     )));
                 }
-                requester.admit_start().map_err(OpError::Unavailable)?;
-                // Under max_running, wait for a slot while everything is busy.
-                loop {
-                    match self.start_with(name, rights).await {
-                        Ok(_) => {
-                            requester.started(name, &Ok(()));
-                            break;
-                        }
-                        Err(OpError::Busy(msg)) => {
-                            if Instant::now() >= deadline {
-                                return Err(OpError::Unavailable(msg));
-                            }
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                        Err(OpError::Conflict(m)) if m.contains("already running") => break,
-                        Err(e) => {
-                            requester.started(name, &Err(e.to_string()));
-                            return Err(e);
-                        }
-                    }
-                }
+                // The start runs to completion in a task of its own, holding the gate, whatever
+                // happens to this request: a client that leaves (or its deadline) must not cut
+                // it half-way. It also keeps the start's blocking work (audit records, spec
+                // fsync) off the HTTP worker this request runs on (the daemon's spawner runs it
+                // on the main runtime).
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let sup = self.clone();
+                let owned = name.to_string();
+                self.spawn_op(Box::pin(async move {
+                    let _one_start = one_start;
+                    let r = sup.start_on_demand(&owned, &*requester, deadline).await;
+                    let _ = tx.send(r);
+                }));
+                rx.await.map_err(|_| {
+                    OpError::Failed(format!(
+                        "the on-demand start of {name:?} ended unexpectedly (see the daemon's log)"
+                    ))
+                })??;
                 started = true;
-                if let Some(e) = self.table().instances.get_mut(name) {
-                    e.on_demand_starts += 1;
-                }
-                info!(llamactl_instance = name, "started on demand");
             }
         }
         loop {
@@ -129,6 +122,41 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The start part of `ensure_ready`, in its own task: admission, the start (under
+    /// `max_running`, waiting for a slot while everything is busy), its audit record.
+    async fn start_on_demand(
+        &self,
+        name: &str,
+        requester: &dyn Requester,
+        deadline: Instant,
+    ) -> Result<(), OpError> {
+        requester.admit_start().map_err(OpError::Unavailable)?;
+        loop {
+            match self.start_with(name, requester.rights()).await {
+                Ok(_) => {
+                    requester.started(name, &Ok(()));
+                    break;
+                }
+                Err(OpError::Busy(msg)) => {
+                    if Instant::now() >= deadline {
+                        return Err(OpError::Unavailable(msg));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(OpError::Conflict(m)) if m.contains("already running") => return Ok(()),
+                Err(e) => {
+                    requester.started(name, &Err(e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(e) = self.table().instances.get_mut(name) {
+            e.on_demand_starts += 1;
+        }
+        info!(llamactl_instance = name, "started on demand");
+        Ok(())
     }
 
     /// Under `max_running`, stops the least recently used idle instance so `name` can start

@@ -83,28 +83,47 @@ impl Store {
         Ok((ok, bad))
     }
 
-    /// Writes atomically (see `fsutil::write_atomic`).
+    /// Writes atomically (see `fsutil::write_atomic`). Blocking (fsync): the supervisor runs
+    /// on the daemon's main runtime, never on an HTTP worker (`http::detach`, on-demand starts
+    /// through `Supervisor::set_spawner`), and a write is not split from the memory update
+    /// that follows it by an await, so a cancelled operation cannot leave the two apart.
     pub fn save<T: Serialize>(&self, name: &str, spec: &T) -> anyhow::Result<()> {
-        let path = self.path(name);
+        let (path, body) = self.encode(name, spec)?;
+        write(&path, &body)
+    }
+
+    fn encode<T: Serialize>(&self, name: &str, spec: &T) -> anyhow::Result<(PathBuf, Vec<u8>)> {
         let mut body = serde_json::to_vec_pretty(spec).context("serialising the spec")?;
         body.push(b'\n');
-        // 0600: specs can hold secrets (environment values, tokens).
-        crate::fsutil::write_atomic(&path, &body, 0o600)
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+        Ok((self.path(name), body))
     }
 
     /// Removes an instance's file (and fsyncs the directory so the removal is durable).
     pub fn remove(&self, name: &str) -> anyhow::Result<()> {
-        let path = self.path(name);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow::anyhow!("removing {}: {e}", path.display())),
-        }
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", self.dir.display()))
+        remove(&self.path(name), &self.dir)
     }
+
+    /// Removes the temp files a crash left behind (see `fsutil::clean_temp_files`).
+    pub fn clean_temp_files(&self) -> usize {
+        crate::fsutil::clean_temp_files(&self.dir)
+    }
+}
+
+fn write(path: &Path, body: &[u8]) -> anyhow::Result<()> {
+    // 0600: specs can hold secrets (environment values, tokens).
+    crate::fsutil::write_atomic(path, body, 0o600)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+}
+
+fn remove(path: &Path, dir: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("removing {}: {e}", path.display())),
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 #[cfg(test)]

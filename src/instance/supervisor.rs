@@ -107,7 +107,13 @@ pub struct Supervisor {
         tokio::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Evictions and idle stops answer to it (the daemon sets the audit trail here).
     hook: std::sync::OnceLock<Arc<dyn super::demand::Lifecycle>>,
+    spawner: std::sync::OnceLock<Spawner>,
 }
+
+/// Runs an operation that must not be cancelled with the request that asked for it (an
+/// on-demand start) in a task of its own: the daemon gives the HTTP layer's (`http::detach`),
+/// which runs it on the main runtime and waits for it at shutdown.
+pub type Spawner = Arc<dyn Fn(futures_util::future::BoxFuture<'static, ()>) + Send + Sync>;
 
 impl Supervisor {
     /// The settings in force (an `Arc` clone under a read lock held for no time).
@@ -134,6 +140,14 @@ impl Supervisor {
         daemon_port: u16,
         units: Arc<dyn UnitManager>,
     ) -> anyhow::Result<Arc<Self>> {
+        let cleaned = store.clean_temp_files();
+        if cleaned > 0 {
+            warn!(
+                files = cleaned,
+                dir = %store.dir().display(),
+                "removed temp spec files an earlier crash left behind"
+            );
+        }
         let (specs, corrupt) = store.load_all::<InstanceSpec>()?;
         let mut table = Table {
             corrupt,
@@ -191,6 +205,7 @@ impl Supervisor {
             refreshing: tokio::sync::Mutex::new(()),
             start_gates: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             hook: std::sync::OnceLock::new(),
+            spawner: std::sync::OnceLock::new(),
         }))
     }
 
@@ -214,6 +229,20 @@ impl Supervisor {
     /// Sets what the daemon's own evictions and idle stops answer to (once, at start).
     pub fn set_lifecycle(&self, hook: Arc<dyn super::demand::Lifecycle>) {
         let _ = self.hook.set(hook);
+    }
+
+    /// Where uncancellable operations run (see `Spawner`); without one, `tokio::spawn`.
+    pub fn set_spawner(&self, spawner: Spawner) {
+        let _ = self.spawner.set(spawner);
+    }
+
+    pub(super) fn spawn_op(&self, op: futures_util::future::BoxFuture<'static, ()>) {
+        match self.spawner.get() {
+            Some(s) => s(op),
+            None => {
+                tokio::spawn(op);
+            }
+        }
     }
 
     pub(super) fn hook(&self) -> Option<&Arc<dyn super::demand::Lifecycle>> {
@@ -262,7 +291,9 @@ impl Supervisor {
                 )));
             }
         }
-        let port = self.assign_port(name, options.port(), options.host())?;
+        let port = self
+            .assign_port(name, options.port(), options.host())
+            .await?;
         options.set_port(port);
         let spec = InstanceSpec {
             name: name.to_string(),
@@ -302,7 +333,9 @@ impl Supervisor {
             .normalise(&settings.instances)
             .map_err(OpError::BadRequest)?;
         policy::check(&options, &settings.instances)?;
-        let port = self.assign_port(name, options.port().or(old_port), options.host())?;
+        let port = self
+            .assign_port(name, options.port().or(old_port), options.host())
+            .await?;
         options.set_port(port);
         // The new spec on disk first (its desired state unchanged), then in memory: a crash or a
         // failed write never leaves the instance stopped with its new options unsaved.
@@ -456,7 +489,7 @@ impl Supervisor {
         }
         self.make_room(name, rights.can_evict).await?;
         let port = spec.options.port().unwrap_or(0);
-        if !port_free(spec.options.host(), port) {
+        if !port_free(spec.options.host(), port).await {
             return Err(OpError::Conflict(format!(
                 "port {port} of instance {name:?} is in use by another process"
             )));

@@ -118,7 +118,8 @@ async fn ten_concurrent_first_requests_start_it_once() {
         let sup = r.sup.clone();
         tokio::spawn(async move {
             let h = sup.route("odm").unwrap();
-            sup.ensure_ready(&h, Duration::from_secs(10), &All).await
+            sup.ensure_ready(&h, Duration::from_secs(10), Arc::new(All))
+                .await
         })
     });
     let results = futures_util::future::join_all(calls).await;
@@ -138,7 +139,11 @@ async fn on_demand_start_off_or_failing_is_an_error_not_a_wait() {
         .unwrap();
     let e = r
         .sup
-        .ensure_ready(&r.sup.route("off").unwrap(), Duration::from_secs(5), &All)
+        .ensure_ready(
+            &r.sup.route("off").unwrap(),
+            Duration::from_secs(5),
+            Arc::new(All),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -156,7 +161,7 @@ async fn on_demand_start_off_or_failing_is_an_error_not_a_wait() {
         .ensure_ready(
             &r.sup.route("broken").unwrap(),
             Duration::from_secs(5),
-            &All,
+            Arc::new(All),
         )
         .await
         .unwrap_err();
@@ -464,6 +469,85 @@ async fn operations_cancelled_anywhere_leave_disk_memory_and_systemd_agreeing() 
             .await
             .map_err(|e| format!("delete cut at {ms} ms: {e}"))
             .unwrap();
+    }
+}
+
+/// Temp files a crash left between a spec write's create and rename are removed at start;
+/// the specs themselves are loaded.
+#[tokio::test]
+async fn temp_spec_files_left_by_a_crash_are_removed_at_start() {
+    let dir = scratch("leftovers");
+    let first = rig_in(dir.clone(), 42540, FakeUnits::new(Duration::ZERO), |_| {});
+    first.sup.create("kept", spec(json!({}))).await.unwrap();
+    let leftover = dir.join("instances/.kept.json.tmp-4242-3");
+    std::fs::write(&leftover, b"{\"name\": \"ke").unwrap();
+    let r = rig_in(dir.clone(), 42540, FakeUnits::new(Duration::ZERO), |_| {});
+    assert!(!leftover.exists(), "the temp file is still there");
+    assert!(r.sup.get("kept").is_ok());
+    assert!(r.sup.table().corrupt.is_empty());
+    drop(first);
+}
+
+/// A requester that counts the starts reported to it (what the audit trail records).
+#[derive(Default)]
+struct Counting(std::sync::atomic::AtomicUsize);
+impl Requester for Counting {
+    fn rights(&self) -> Rights {
+        Rights::ALL
+    }
+    fn started(&self, _: &str, result: &Result<(), String>) {
+        assert!(result.is_ok(), "{result:?}");
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An on-demand start whose request goes away (client gone, deadline) at any point still runs
+/// to completion: the unit is started, the spec says running, and the start is reported (to
+/// the audit trail) once.
+#[tokio::test]
+async fn an_on_demand_start_outlives_its_request() {
+    for (i, ms) in [0u64, 1, 10, 30, 59, 61, 90].into_iter().enumerate() {
+        let r = rig_with(
+            &format!("odm-cut-{ms}"),
+            42400 + 20 * i as u16,
+            FakeUnits::new(Duration::from_millis(60)),
+            |_| {},
+        );
+        r.sup
+            .create("o", spec(json!({"on_demand_start": true})))
+            .await
+            .unwrap();
+        let h = r.sup.route("o").unwrap();
+        let requester = Arc::new(Counting::default());
+        cut(
+            Duration::from_millis(ms),
+            r.sup
+                .ensure_ready(&h, Duration::from_secs(10), requester.clone()),
+        )
+        .await;
+        wait_state(&r.sup, "o", State::Ready).await;
+        // The report comes right after the start job, which takes the fake 60 ms.
+        for _ in 0..100 {
+            if requester.0.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            requester.0.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "start reported, cut at {ms} ms"
+        );
+        agree(&r, "o")
+            .await
+            .map_err(|e| format!("on-demand start cut at {ms} ms: {e}"))
+            .unwrap();
+        assert_eq!(
+            r.sup.get("o").unwrap()["desired_state"],
+            "running",
+            "{ms} ms"
+        );
+        assert_eq!(r.units.starts(), [unit("o")], "cut at {ms} ms");
     }
 }
 

@@ -77,8 +77,6 @@ type S<T> = State<Arc<T>>;
 /// layer (an API key, the audit trail); the HTTP layer gives one to every request.
 pub trait Caller: Requester {
     fn may_use(&self, instance: &str) -> bool;
-    /// Itself, as the instance layer sees it.
-    fn requester(&self) -> &dyn Requester;
     /// The API key to account this request's tokens to.
     fn usage(&self) -> Option<Arc<dyn KeyUsage>> {
         None
@@ -106,9 +104,6 @@ impl Requester for Unrestricted {
 impl Caller for Unrestricted {
     fn may_use(&self, _: &str) -> bool {
         true
-    }
-    fn requester(&self) -> &dyn Requester {
-        self
     }
 }
 
@@ -248,12 +243,12 @@ async fn by_model<T: HasProxy>(
     Extension(caller): Extension<CallerExt>,
     req: Request,
 ) -> Response {
-    model_request(s.proxy(), req, &*caller.0).await
+    model_request(s.proxy(), req, caller.0).await
 }
 
 /// A model request: routed by its `model` field, started on demand, forwarded. An instance the
 /// caller may not use answers exactly as an unknown model would, so names do not leak.
-pub async fn model_request(s: &Proxy, req: Request, caller: &dyn Caller) -> Response {
+pub async fn model_request(s: &Proxy, req: Request, caller: Arc<dyn Caller>) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let cfg = s.config();
@@ -298,7 +293,7 @@ pub async fn model_request(s: &Proxy, req: Request, caller: &dyn Caller) -> Resp
     let timeout = cfg.start_timeout.get();
     if let Err(e) = s
         .instances
-        .ensure_ready(&handle, timeout, caller.requester())
+        .ensure_ready(&handle, timeout, caller.clone())
         .await
     {
         return op_error(e);
