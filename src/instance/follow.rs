@@ -49,7 +49,9 @@ impl Supervisor {
     }
 
     /// Re-adoption: running units are taken over as they are (never restarted); instances that
-    /// should run but do not are started; units without a spec are reported.
+    /// should run but do not are started, and running ones whose spec says stopped are stopped
+    /// (a stop, eviction, idle stop or delete records "stopped" before it stops the unit, so a
+    /// crash in between leaves exactly that); units without a spec are reported.
     pub(super) async fn adopt(&self) {
         let loaded = match self.units.list("llamactl-*.service").await {
             Ok(l) => l,
@@ -83,13 +85,20 @@ impl Supervisor {
                 .instances
                 .get(&name)
                 .map(|e| (e.spec.desired_state, e.state()));
-            if let Some((DesiredState::Running, state)) = wants {
-                if matches!(state, State::Stopped) {
+            match wants {
+                Some((DesiredState::Running, State::Stopped)) => {
                     info!(llamactl_instance = %name, "desired state is running; starting");
                     if let Err(e) = self.start(&name).await {
                         warn!(llamactl_instance = %name, error = %e, "start at adoption failed");
                     }
                 }
+                Some((DesiredState::Stopped, state)) if state.is_running() => {
+                    info!(llamactl_instance = %name, "desired state is stopped; finishing an interrupted stop");
+                    if let Err(e) = self.stop(&name).await {
+                        warn!(llamactl_instance = %name, error = %e, "stop at adoption failed");
+                    }
+                }
+                _ => {}
             }
         }
     }

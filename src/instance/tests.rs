@@ -488,6 +488,48 @@ async fn temp_spec_files_left_by_a_crash_are_removed_at_start() {
     drop(first);
 }
 
+/// A crash between recording "stopped" and stopping the unit leaves a running unit whose spec
+/// says stopped: adoption finishes the stop (and starts one that should run but does not).
+#[tokio::test]
+async fn adoption_makes_units_match_the_desired_state() {
+    use crate::systemd::manager::UnitManager;
+    let r = rig("adopt-desired", 42560, |_| {});
+    for n in ["halted", "wanted"] {
+        r.sup.create(n, spec(json!({}))).await.unwrap();
+        r.sup.start(n).await.unwrap();
+    }
+    // "halted": stopped recorded, the crash came before the unit was stopped.
+    let mut halted = r.sup.table().instances.get("halted").unwrap().spec.clone();
+    halted.desired_state = super::spec::DesiredState::Stopped;
+    r.sup.store.save("halted", &halted).unwrap();
+    r.sup.table().instances.get_mut("halted").unwrap().spec = halted;
+    // "wanted": running recorded, the crash came before the unit was started.
+    r.units
+        .stop(&unit("wanted"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    r.sup.refresh("wanted").await.unwrap();
+    // The fake manager's backend lets go of the port a moment after the stop.
+    let port = r.sup.get("wanted").unwrap()["port"].as_u64().unwrap() as u16;
+    for _ in 0..200 {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    r.sup.adopt().await;
+    // Stopped transient units are unloaded: inactive, or not there at all.
+    let halted = r.units.state(&unit("halted")).await.unwrap().active_state;
+    assert!(matches!(halted.as_str(), "" | "inactive"), "{halted:?}");
+    assert_eq!(
+        r.units.state(&unit("wanted")).await.unwrap().active_state,
+        "active"
+    );
+    for n in ["halted", "wanted"] {
+        agree(&r, n).await.unwrap();
+    }
+}
+
 /// A requester that counts the starts reported to it (what the audit trail records).
 #[derive(Default)]
 struct Counting(std::sync::atomic::AtomicUsize);
@@ -582,4 +624,23 @@ async fn a_failed_spec_write_changes_neither_memory_nor_the_unit() {
         .unwrap_err();
     assert!(matches!(e, OpError::Failed(_)), "{e:?}");
     assert_ne!(r.sup.get("w").unwrap()["options"]["idle_timeout"], 9);
+}
+
+/// A full file system is told apart from other write failures (507, not 500).
+#[test]
+fn a_full_disk_is_no_space_and_other_write_errors_are_failures() {
+    use anyhow::Context as _;
+    let full: anyhow::Result<()> = Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
+        .context("writing /var/lib/llamactl/instances/x.json");
+    let e = super::supervisor::store_error(full.unwrap_err());
+    assert!(
+        matches!(&e, OpError::NoSpace(m) if m.contains("x.json") && m.contains("nothing was changed")),
+        "{e:?}"
+    );
+    let denied: anyhow::Result<()> =
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied)).context("writing y");
+    assert!(matches!(
+        super::supervisor::store_error(denied.unwrap_err()),
+        OpError::Failed(_)
+    ));
 }
