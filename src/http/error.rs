@@ -37,6 +37,7 @@ fn kind(status: StatusCode) -> &'static str {
         422 => "invalid_request",
         429 => "rate_limited",
         503 => "unavailable",
+        507 => "insufficient_storage",
         s if s >= 500 => "internal_error",
         _ => "error",
     }

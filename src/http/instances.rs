@@ -49,6 +49,7 @@ impl From<OpError> for ApiError {
             OpError::Busy(_) => StatusCode::CONFLICT,
             OpError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             OpError::Forbidden(_) => StatusCode::FORBIDDEN,
+            OpError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
         };
         ApiError::new(status, e.to_string())
     }

@@ -112,14 +112,14 @@ impl Store {
 fn write(path: &Path, body: &[u8]) -> anyhow::Result<()> {
     // 0600: specs can hold secrets (environment values, tokens).
     crate::fsutil::write_atomic(path, body, 0o600)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn remove(path: &Path, dir: &Path) -> anyhow::Result<()> {
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(anyhow::anyhow!("removing {}: {e}", path.display())),
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
     }
     File::open(dir)
         .and_then(|d| d.sync_all())

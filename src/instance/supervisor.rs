@@ -40,6 +40,29 @@ pub enum OpError {
     /// max_instances): 403.
     #[error("{0}")]
     Forbidden(String),
+    /// The state directory is full (or over its quota): nothing was changed; 507.
+    #[error("{0}")]
+    NoSpace(String),
+}
+
+/// A failed spec write or removal: `NoSpace` when the file system is full, else `Failed`.
+pub(super) fn store_error(e: anyhow::Error) -> OpError {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+    });
+    let msg = format!("{e:#}");
+    if full {
+        OpError::NoSpace(format!(
+            "{msg}; nothing was changed (free space in the state directory and retry)"
+        ))
+    } else {
+        OpError::Failed(msg)
+    }
 }
 
 impl From<policy::Refusal> for OpError {
@@ -301,9 +324,7 @@ impl Supervisor {
             desired_state: DesiredState::Stopped,
             options,
         };
-        self.store
-            .save(name, &spec)
-            .map_err(|e| OpError::Failed(format!("{e:#}")))?;
+        self.store.save(name, &spec).map_err(store_error)?;
         info!(llamactl_instance = name, port, "instance created");
         let entry = Entry::new(spec);
         let v = Self::view(&entry);
@@ -346,9 +367,7 @@ impl Supervisor {
             .map(|e| e.spec.clone())
             .ok_or_else(|| not_found(name))?;
         spec.options = options;
-        self.store
-            .save(name, &spec)
-            .map_err(|e| OpError::Failed(format!("{e:#}")))?;
+        self.store.save(name, &spec).map_err(store_error)?;
         {
             let mut t = self.table();
             let e = t.instances.get_mut(name).ok_or_else(|| not_found(name))?;
@@ -382,9 +401,7 @@ impl Supervisor {
         m.reset_failed(&unit)
             .await
             .map_err(|e| unit_error(e, format!("resetting {unit}")))?;
-        self.store
-            .remove(name)
-            .map_err(|e| OpError::Failed(format!("{e:#}")))?;
+        self.store.remove(name).map_err(store_error)?;
         self.table().instances.remove(name);
         self.rebuild_routes();
         info!(llamactl_instance = name, "instance deleted");
@@ -435,9 +452,7 @@ impl Supervisor {
             e.spec.clone()
         };
         spec.desired_state = desired;
-        self.store
-            .save(name, &spec)
-            .map_err(|e| OpError::Failed(format!("{e:#}")))?;
+        self.store.save(name, &spec).map_err(store_error)?;
         if let Some(e) = self.table().instances.get_mut(name) {
             e.spec.desired_state = desired;
         }

@@ -163,6 +163,12 @@ fn op_error(e: OpError) -> Response {
             "permission_denied",
             m,
         ),
+        OpError::NoSpace(m) => oai_error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "server_error",
+            "insufficient_storage",
+            m,
+        ),
     }
 }
 
