@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! fake_backend --host 127.0.0.1 --port N [--model NAME] [--ready-after MS] [--fail-after MS]
-//!              [--chunk-delay MS]
+//!              [--chunk-delay MS] [--misbehave hang|interim]
 //! ```
 //!
 //! - stdout (one flushed line each; under systemd it goes to the journal):
@@ -16,6 +16,9 @@
 //!   fixed completion ("Hello from fake", usage 5/3/8); with `"stream": true` an SSE stream of 3
 //!   chunks, a usage chunk and `data: [DONE]`.
 //! - `--fail-after MS`: exits with status 3 after that long (for restart-policy tests).
+//! - `--misbehave hang`: `/health` answers 200; every other request is read and never answered
+//!   (the connection stays open). `--misbehave interim`: the same, but it is answered
+//!   `102 Processing` every 300 ms, for ever. For the proxy's backend drills.
 //! - SIGTERM / SIGINT: graceful shutdown, exit status 0.
 
 use std::net::SocketAddr;
@@ -60,6 +63,65 @@ struct Args {
     /// Pause between streamed chunks, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     chunk_delay: u64,
+    /// Answer health checks and nothing else: `hang` (never answer) or `interim` (1xx for ever).
+    #[arg(long, value_name = "HOW")]
+    misbehave: Option<String>,
+}
+
+/// `--misbehave`: a raw HTTP/1.1 loop (axum cannot send bare 1xx answers).
+async fn misbehave(listener: tokio::net::TcpListener, how: String) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let interim = match how.as_str() {
+        "hang" => false,
+        "interim" => true,
+        other => {
+            return Err(std::io::Error::other(format!(
+                "--misbehave {other:?}: expected hang or interim"
+            )))
+        }
+    };
+    loop {
+        let (mut s, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&head);
+            say(line.lines().next().unwrap_or(""));
+            if line.starts_with("GET /health") || line.starts_with("GET /v1/health") {
+                let body = r#"{"status":"ok"}"#;
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                return;
+            }
+            loop {
+                if interim
+                    && s.write_all(b"HTTP/1.1 102 Processing\r\n\r\n")
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                // A hung backend: the request is never answered; only the peer closing ends it.
+                tokio::select! {
+                    r = s.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { return },
+                    _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                }
+            }
+        });
+    }
 }
 
 struct AppState {
@@ -317,6 +379,9 @@ async fn main() -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     let addr: SocketAddr = listener.local_addr()?;
     say(&format!("listening on {addr} model={}", args.model));
+    if let Some(how) = args.misbehave {
+        return misbehave(listener, how).await;
+    }
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });

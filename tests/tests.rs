@@ -9,6 +9,7 @@ mod util; // HTTP helpers (as the test management key, raw, over the socket), th
 
 mod audit; // (a directory) the audit trail three ways, its failure modes, rate limits, usage per key
 mod cli; // --check-config, help, man pages, client errors
+mod drills; // reliability drills: kill -9 under load, bus stopped, full disk, hung backends, connection floods
 mod instances; // instances as transient units: lifecycle, restarts, adoption, CLI
 mod limits; // the HTTP server's connection limits: header timeout, max connections, slowloris
 mod operations; // instance operations run to completion: a client leaving, 202 after request_timeout
@@ -18,3 +19,4 @@ mod proxy; // the OpenAI-compatible proxy in front of real llama-servers
 mod resources; // /metrics against real units' cgroups
 mod security; // (a directory) access control: keys, the admin socket, browsers, policy, unit hardening
 mod service; // llamactld as a service from the shipped unit: notify, watchdog, reload, bus loss
+mod soak; // mixed load for LLAMACTL_SOAK_SECS (60): rss, fds, threads, series must stay flat
