@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! fake_backend --host 127.0.0.1 --port N [--model NAME] [--ready-after MS] [--fail-after MS]
-//!              [--chunk-delay MS] [--misbehave hang|interim]
+//!              [--chunk-delay MS] [--misbehave hang|interim|stall]
 //! ```
 //!
 //! - stdout (one flushed line each; under systemd it goes to the journal):
@@ -18,7 +18,8 @@
 //! - `--fail-after MS`: exits with status 3 after that long (for restart-policy tests).
 //! - `--misbehave hang`: `/health` answers 200; every other request is read and never answered
 //!   (the connection stays open). `--misbehave interim`: the same, but it is answered
-//!   `102 Processing` every 300 ms, for ever. For the proxy's backend drills.
+//!   `102 Processing` every 300 ms, for ever; `--misbehave stall`: answered with an SSE head and
+//!   one event, then nothing. For the proxy's backend drills.
 //! - SIGTERM / SIGINT: graceful shutdown, exit status 0.
 
 use std::net::SocketAddr;
@@ -71,12 +72,13 @@ struct Args {
 /// `--misbehave`: a raw HTTP/1.1 loop (axum cannot send bare 1xx answers).
 async fn misbehave(listener: tokio::net::TcpListener, how: String) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let interim = match how.as_str() {
-        "hang" => false,
-        "interim" => true,
+    let (interim, stall) = match how.as_str() {
+        "hang" => (false, false),
+        "interim" => (true, false),
+        "stall" => (false, true),
         other => {
             return Err(std::io::Error::other(format!(
-                "--misbehave {other:?}: expected hang or interim"
+                "--misbehave {other:?}: expected hang, interim or stall"
             )))
         }
     };
@@ -105,6 +107,18 @@ async fn misbehave(listener: tokio::net::TcpListener, how: String) -> std::io::R
                     )
                     .await;
                 return;
+            }
+            if stall {
+                let event = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
+                            event.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
             }
             loop {
                 if interim

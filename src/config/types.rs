@@ -474,6 +474,10 @@ pub struct ProxyConfig {
     pub response_header_timeout: HumanDuration,
     /// Interim (`1xx`) answers a backend may send before its real one (502 beyond).
     pub max_interim_responses: u32,
+    /// Time a backend may send nothing once its response head has come; the response is then
+    /// cut off (counted as 504), so a backend hung mid-stream does not hold its request — and
+    /// the instance's in-flight count, which blocks idle stop and eviction — for ever.
+    pub backend_idle_timeout: HumanDuration,
 }
 
 impl Default for ProxyConfig {
@@ -486,6 +490,7 @@ impl Default for ProxyConfig {
             max_buffered_bytes: 256 * 1024 * 1024,
             response_header_timeout: HumanDuration::secs(600),
             max_interim_responses: 8,
+            backend_idle_timeout: HumanDuration::secs(300),
         }
     }
 }

@@ -323,6 +323,7 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
             "proxy.response_header_timeout",
             c.proxy.response_header_timeout,
         ),
+        ("proxy.backend_idle_timeout", c.proxy.backend_idle_timeout),
     ] {
         if d.get().is_zero() {
             return Err(invalid(key, "must be > 0".into()));

@@ -1,6 +1,9 @@
 //! A backend's answer on its way to the client: passed through as it is read (never
 //! buffered), watched on the way for token counts, and the metrics recorded when it ends — or
 //! when the client goes away, which drops the upstream connection and so cancels the generation.
+//! A backend that goes silent mid-body for `[proxy] backend_idle_timeout` is cut off (counted
+//! as 504): otherwise a hung backend would hold its request, and the instance's in-flight
+//! count, for as long as the client waits — blocking idle stop and eviction.
 
 use super::tokens::{SseScanner, Usage};
 use super::upstream;
@@ -9,10 +12,11 @@ use crate::metrics::proxy::InstanceSeries;
 use axum::body::{Body, Bytes};
 use axum::http::{header, Response};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The `status` label of a request whose client went away before the response ended (nginx's
 /// convention), rather than the backend's status the client never fully got.
@@ -30,7 +34,12 @@ pub struct Watch {
     pub _in_flight: Option<InFlight>,
     /// The API key the request came with, whose usage the token counts add to.
     pub usage: Option<std::sync::Arc<dyn super::KeyUsage>>,
+    /// How long the backend may send nothing once its head has come (`backend_idle_timeout`).
+    pub idle_timeout: Duration,
 }
+
+/// The `status` label of a response cut off because the backend went silent mid-body.
+pub const BACKEND_SILENT: u16 = 504;
 
 enum Scan {
     None,
@@ -52,6 +61,10 @@ struct Tap {
     first_byte: Option<f64>,
     scan: Scan,
     finished: bool,
+    /// When the backend last sent something. The timer below is armed for `last + idle` and,
+    /// when it fires early (something came since), re-armed: no timer work per frame.
+    last: Instant,
+    silence: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Tap {
@@ -101,6 +114,36 @@ impl Tap {
     }
 }
 
+impl Tap {
+    /// Nothing from the backend: `Pending` while it has been silent for less than the idle
+    /// timeout, else the response ends with an error (the client sees it cut short) and is
+    /// counted as `BACKEND_SILENT`.
+    fn poll_silence(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        loop {
+            ready!(self.silence.as_mut().poll(cx));
+            let due = self.last + self.watch.idle_timeout;
+            if Instant::now() >= due {
+                break;
+            }
+            self.silence.as_mut().reset(due.into());
+        }
+        self.finish(BACKEND_SILENT);
+        Poll::Ready(Some(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the backend sent nothing for {} s ([proxy] backend_idle_timeout)",
+                self.watch.idle_timeout.as_secs_f64()
+            ),
+        ))))
+    }
+}
+
 impl HttpBody for Tap {
     type Data = Bytes;
     type Error = io::Error;
@@ -110,7 +153,13 @@ impl HttpBody for Tap {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        let next = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        let next = match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(next) => {
+                this.last = Instant::now();
+                next
+            }
+            Poll::Pending => return this.poll_silence(cx),
+        };
         match &next {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref().filter(|d| !d.is_empty()) {
@@ -126,7 +175,7 @@ impl HttpBody for Tap {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.finished || self.body.is_end_stream()
     }
 
     /// The backend's exact length, when it sent one, lets the client see a Content-Length
@@ -165,6 +214,8 @@ pub fn respond(head: upstream::Head, body: upstream::Body, watch: Watch) -> Resp
     } else {
         Scan::None
     };
+    let now = Instant::now();
+    let silence = Box::pin(tokio::time::sleep_until((now + watch.idle_timeout).into()));
     let tap = Tap {
         body,
         watch,
@@ -172,6 +223,8 @@ pub fn respond(head: upstream::Head, body: upstream::Body, watch: Watch) -> Resp
         first_byte: None,
         scan,
         finished: false,
+        last: now,
+        silence,
     };
     let mut out = Response::new(Body::new(tap));
     *out.status_mut() = head.status;
@@ -219,6 +272,10 @@ mod tests {
     /// The body, and the metrics its series record to (the series are kept alive, as an
     /// instance's handle keeps them: dropped, they leave the metrics).
     async fn proxied(addr: std::net::SocketAddr) -> (Body, ProxyMetrics) {
+        proxied_with(addr, Duration::from_secs(30)).await
+    }
+
+    async fn proxied_with(addr: std::net::SocketAddr, idle: Duration) -> (Body, ProxyMetrics) {
         let metrics = ProxyMetrics::register(&mut prometheus_client::registry::Registry::default());
         let addr = addr.to_string();
         let body = Bytes::from_static(b"{}");
@@ -247,6 +304,7 @@ mod tests {
             started: Instant::now(),
             _in_flight: None,
             usage: None,
+            idle_timeout: idle,
         };
         (respond(head, body, watch).into_body(), metrics)
     }
@@ -292,6 +350,56 @@ mod tests {
             drop(body);
             let (gone, ok) = (requests(&metrics, CLIENT_GONE), requests(&metrics, 200));
             assert_eq!((gone, ok), if read_all { (0, 1) } else { (1, 0) });
+        }
+    }
+
+    /// A backend that goes silent mid-stream is cut off after the idle timeout: the client's
+    /// body ends with an error, the request is counted as 504 and no longer in flight; a slow
+    /// but steady one is not.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_backend_silent_mid_stream_is_cut_off_after_the_idle_timeout() {
+        for steady in [false, true] {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = l.local_addr().expect("addr");
+            tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.expect("accept");
+                read_request(&mut s).await;
+                s.write_all(HEAD.as_bytes()).await.expect("write");
+                for e in EVENTS {
+                    let _ = s.write_all(chunk(e).as_bytes()).await;
+                    if !steady {
+                        // Hung after the first event.
+                        let _ = s.read(&mut [0u8; 16]).await;
+                        return;
+                    }
+                    // Slower than nothing at all, well within the idle timeout each time.
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
+                let _ = s.read(&mut [0u8; 16]).await;
+            });
+            let (mut body, metrics) = proxied_with(addr, Duration::from_millis(300)).await;
+            let started = Instant::now();
+            let mut frames = 0;
+            let end = loop {
+                match tokio::time::timeout(Duration::from_secs(10), body.frame()).await {
+                    Err(_) => panic!("the body neither ended nor failed"),
+                    Ok(None) => break Ok(()),
+                    Ok(Some(Ok(_))) => frames += 1,
+                    Ok(Some(Err(e))) => break Err(e.to_string()),
+                }
+            };
+            if steady {
+                assert_eq!(end, Ok(()));
+                assert_eq!(frames, EVENTS.len());
+                assert_eq!((requests(&metrics, 200), requests(&metrics, 504)), (1, 0));
+            } else {
+                let e = end.expect_err("cut off");
+                assert!(e.contains("backend_idle_timeout"), "{e}");
+                assert!(started.elapsed() >= Duration::from_millis(250));
+                assert_eq!(frames, 1);
+                assert_eq!((requests(&metrics, 200), requests(&metrics, 504)), (0, 1));
+            }
         }
     }
 

@@ -451,6 +451,7 @@ async fn send(
                 started,
                 _in_flight: Some(in_flight),
                 usage,
+                idle_timeout: cfg.backend_idle_timeout.get(),
             },
         ),
         Err(e @ upstream::UpstreamError::HeadTimeout(_)) => {
