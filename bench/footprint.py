@@ -245,7 +245,6 @@ EXPECTED_DIFF = re.compile(
     r".*Timestamp(Monotonic)?|Memory(Current|Available)|CPUUsageNSec|Tasks(Current)?|"
     r"IO(Read|Write)(Bytes|Operations)|IP(Ingress|Egress)(Bytes|Packets)|Effective.*|"
     r"RuntimeDirectory.*|StateDirectory.*|CacheDirectory.*|LogsDirectory.*|Perpetual|Job|"
-    r"StartLimitBurst|StartLimitIntervalUSec|TimeoutStopUSec|TimeoutAbortUSec|"
     r"ExecMainStartTimestamp.*|ExecMainCode|ExecMainStatus|FragmentPath|SourcePath|DropInPaths|"
     r"NRestarts|ManagedOOM.*|InactiveExit.*|Result|Transient|User|Group|UID|GID)$")
 
