@@ -23,7 +23,7 @@ pub struct SystemStats {
 /// `/proc/stat` times are in USER_HZ, which Linux fixes at 100 for userspace.
 const USER_HZ: f64 = 100.0;
 
-fn cpu(text: &str) -> Option<(u64, f64, f64)> {
+pub(crate) fn cpu(text: &str) -> Option<(u64, f64, f64)> {
     let count = text
         .lines()
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
@@ -65,7 +65,7 @@ fn whole_disk(name: &str) -> bool {
     letters("sd") || letters("vd") || letters("xvd") || letters("hd") || nvme || mmc
 }
 
-fn diskstats(text: &str) -> Option<(u64, u64)> {
+pub(crate) fn diskstats(text: &str) -> Option<(u64, u64)> {
     let (mut r, mut w, mut any) = (0u64, 0u64, false);
     for l in text.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -83,7 +83,7 @@ fn diskstats(text: &str) -> Option<(u64, u64)> {
     any.then_some((r, w))
 }
 
-fn netdev(text: &str) -> Option<(u64, u64)> {
+pub(crate) fn netdev(text: &str) -> Option<(u64, u64)> {
     let (mut rx, mut tx, mut any) = (0u64, 0u64, false);
     for l in text.lines().skip(2) {
         let Some((iface, rest)) = l.split_once(':') else {
@@ -105,6 +105,16 @@ fn netdev(text: &str) -> Option<(u64, u64)> {
     any.then_some((rx, tx))
 }
 
+/// `/proc/loadavg`: the 1, 5 and 15 minute load averages.
+pub(crate) fn loadavg(text: &str) -> Option<[f64; 3]> {
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .take(3)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    (v.len() == 3).then(|| [v[0], v[1], v[2]])
+}
+
 pub fn read_system(paths: &HostPaths) -> SystemStats {
     let rd = |rel: &str| std::fs::read_to_string(paths.proc(rel)).ok();
     let mut s = SystemStats::default();
@@ -117,14 +127,7 @@ pub fn read_system(paths: &HostPaths) -> SystemStats {
         s.cpu_busy_seconds = Some(busy);
         s.cpu_total_seconds = Some(total);
     }
-    s.load = rd("loadavg").and_then(|t| {
-        let v: Vec<f64> = t
-            .split_whitespace()
-            .take(3)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        (v.len() == 3).then(|| [v[0], v[1], v[2]])
-    });
+    s.load = rd("loadavg").as_deref().and_then(loadavg);
     if let Some((r, w)) = rd("diskstats").as_deref().and_then(diskstats) {
         s.disk_read_bytes = Some(r);
         s.disk_written_bytes = Some(w);
