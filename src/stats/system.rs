@@ -38,8 +38,12 @@ pub(crate) fn cpu(text: &str) -> Option<(u64, f64, f64)> {
         return None;
     }
     // user nice system idle iowait irq softirq steal (guest time is already in user/nice).
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v[3] + v.get(4).copied().unwrap_or(0);
+    // Counters that do not add up in a u64 are no CPU times.
+    let total = v
+        .iter()
+        .take(8)
+        .try_fold(0u64, |sum, t| sum.checked_add(*t))?;
+    let idle = v[3].checked_add(v.get(4).copied().unwrap_or(0))?;
     Some((
         count,
         (total - idle) as f64 / USER_HZ,
@@ -164,6 +168,14 @@ mod tests {
         assert!(s.memory_total_bytes.is_some());
         assert_eq!(s.load, None);
         assert_eq!(s.disk_read_bytes, None);
+    }
+
+    /// Found by `tools/fuzz` (fuzz/artifacts/procfs/): the sum overflowed and panicked.
+    #[test]
+    fn cpu_times_that_overflow_are_refused() {
+        assert_eq!(cpu("cpu  18446744073709551615 1 0 0\n"), None);
+        assert_eq!(cpu("cpu  1 0 0 18446744073709551615 1\n"), None);
+        assert_eq!(cpu("cpu  1 2 3 4\ncpu0 1 2 3 4\n"), Some((1, 0.06, 0.1)));
     }
 
     #[test]
