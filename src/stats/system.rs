@@ -76,12 +76,14 @@ pub(crate) fn diskstats(text: &str) -> Option<(u64, u64)> {
         if f.len() < 10 || !whole_disk(f[2]) {
             continue;
         }
-        // Field 6 / 10: sectors read / written, always 512-byte units.
-        let (Ok(sr), Ok(sw)) = (f[5].parse::<u64>(), f[9].parse::<u64>()) else {
+        // Field 6 / 10: sectors read / written, always 512-byte units (a count whose bytes do
+        // not fit a u64 is no count).
+        let bytes = |f: &str| f.parse::<u64>().ok()?.checked_mul(512);
+        let (Some(sr), Some(sw)) = (bytes(f[5]), bytes(f[9])) else {
             continue;
         };
-        r = r.saturating_add(sr * 512);
-        w = w.saturating_add(sw * 512);
+        r = r.saturating_add(sr);
+        w = w.saturating_add(sw);
         any = true;
     }
     any.then_some((r, w))
@@ -176,6 +178,15 @@ mod tests {
         assert_eq!(cpu("cpu  18446744073709551615 1 0 0\n"), None);
         assert_eq!(cpu("cpu  1 0 0 18446744073709551615 1\n"), None);
         assert_eq!(cpu("cpu  1 2 3 4\ncpu0 1 2 3 4\n"), Some((1, 0.06, 0.1)));
+    }
+
+    /// Found by `tools/fuzz` (fuzz/artifacts/procfs/): sectors × 512 overflowed and panicked.
+    #[test]
+    fn sector_counts_that_overflow_are_skipped() {
+        let line = |sectors: &str| format!("8 0 sda 1 0 {sectors} 0 2 0 40 0 0 0\n");
+        assert_eq!(diskstats(&line("36028797018963968")), None);
+        let two = line("36028797018963968") + &line("30");
+        assert_eq!(diskstats(&two), Some((30 * 512, 40 * 512)));
     }
 
     #[test]
