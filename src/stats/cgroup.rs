@@ -102,12 +102,10 @@ pub(crate) fn blkio(text: &str) -> (Option<u64>, Option<u64>) {
 }
 
 /// v1 cpuacct.stat: `user N` and `system N` in USER_HZ ticks (100 per second on Linux), as
-/// microseconds.
+/// microseconds (none where that would not fit a u64).
 pub(crate) fn cpuacct_stat(text: &str) -> (Option<u64>, Option<u64>) {
-    (
-        keyed(text, "user").map(|t| t * 10_000),
-        keyed(text, "system").map(|t| t * 10_000),
-    )
+    let usec = |key| keyed(text, key)?.checked_mul(10_000);
+    (usec("user"), usec("system"))
 }
 
 fn join(base: PathBuf, cg: &str) -> PathBuf {
@@ -286,6 +284,15 @@ mod tests {
         assert_eq!(s.tasks, Some(3));
         assert_eq!(s.pressure_cpu_usec, Some(42));
         assert_eq!(s.io_read_bytes, None);
+    }
+
+    /// Found by `tools/fuzz` (fuzz/artifacts/cgroup/): ticks × 10000 overflowed and panicked.
+    #[test]
+    fn cpuacct_ticks_that_overflow_are_none() {
+        assert_eq!(
+            cpuacct_stat("user 1844674407370956\nsystem 3\n"),
+            (None, Some(30_000))
+        );
     }
 
     #[test]
