@@ -110,9 +110,12 @@ fn bad(what: &str) -> io::Error {
     )
 }
 
-/// One line (without its CRLF or LF) from the front of `buf`, if a whole one is there.
+/// One line (without its CRLF or LF) from the front of `buf`, if a whole one is there. A line
+/// over `limit` is refused whether or not its end has arrived, so the answer does not depend on
+/// how the bytes were split into reads.
 fn take_line(buf: &mut BytesMut, limit: usize) -> io::Result<Option<BytesMut>> {
     match memchr::memchr(b'\n', buf) {
+        Some(i) if i > limit => Err(bad("line too long")),
         Some(i) => {
             let mut line = buf.split_to(i + 1);
             line.truncate(i);
