@@ -84,3 +84,20 @@ fn every_target_has_a_fuzz_target_and_a_corpus() {
         }
     }
 }
+
+/// `durations` names every duration of the config, so a new one is held to a year as well: as
+/// many as the `pub …: HumanDuration` fields of src/config.
+#[test]
+fn every_config_duration_is_checked() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+    let fields: usize = files(&dir)
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            text.lines()
+                .filter(|l| l.trim_start().starts_with("pub ") && l.contains(": HumanDuration"))
+                .count()
+        })
+        .sum();
+    assert_eq!(super::durations(&Default::default()).len(), fields);
+}
