@@ -8,7 +8,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["logging", "stats", "systemd", "auth"],
     &["instance", "metrics"],
     &["proxy", "audit"],
-    &["http"],
+    &["http", "fuzzing"],
     &["daemon", "cli"],
 ];
 

@@ -13,6 +13,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod http;
 pub mod instance;

@@ -18,6 +18,14 @@ impl HumanDuration {
     }
 }
 
+/// The longest duration accepted, however written: a year. A deadline that far ahead still fits
+/// an `Instant` (`Instant::now() + d` panics past that range).
+const MAX_SECS: u64 = 365 * 86_400;
+
+fn out_of_range(text: impl fmt::Debug) -> String {
+    format!("invalid duration {text:?}: out of range (up to a year)")
+}
+
 /// Parses `<number><unit>` with unit one of `ms`, `s`, `m`, `h`, `d` (a bare number means
 /// seconds), up to a year.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -47,8 +55,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     let secs = value * scale;
-    if !secs.is_finite() || secs > 365.0 * 86400.0 {
-        return Err(format!("invalid duration {text:?}: out of range"));
+    if !secs.is_finite() || secs > MAX_SECS as f64 {
+        return Err(out_of_range(text));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -82,11 +90,13 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 parse_duration(v).map(HumanDuration).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<HumanDuration, E> {
-                u64::try_from(v)
-                    .map(HumanDuration::secs)
-                    .map_err(|_| E::custom("a duration cannot be negative"))
+                let v = u64::try_from(v).map_err(|_| E::custom("a duration cannot be negative"))?;
+                self.visit_u64(v)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanDuration, E> {
+                if v > MAX_SECS {
+                    return Err(E::custom(out_of_range(v)));
+                }
                 Ok(HumanDuration::secs(v))
             }
         }
@@ -119,6 +129,27 @@ mod tests {
             .unwrap_err()
             .contains("unknown unit"));
         assert!(parse_duration("99999999h").is_err());
+    }
+
+    /// A whole number of seconds is held to the same year as text: `start_timeout =
+    /// 9223372036854775807` passed and made `Instant::now() + timeout` panic on the first
+    /// proxied request that waited for a start (fuzz/artifacts/config/).
+    #[test]
+    fn integer_seconds_are_bounded_too() {
+        #[derive(Debug, Deserialize)]
+        struct T {
+            d: HumanDuration,
+        }
+        let de = |text: &str| toml::from_str::<T>(text).map_err(|e| e.to_string());
+        assert_eq!(
+            de("d = 31536000").unwrap().d,
+            HumanDuration::secs(31_536_000)
+        );
+        for big in ["d = 31536001", "d = 9223372036854775807"] {
+            let e = de(big).unwrap_err();
+            assert!(e.contains("out of range (up to a year)"), "{e}");
+        }
+        assert!(de("d = -1").unwrap_err().contains("cannot be negative"));
     }
 
     #[test]

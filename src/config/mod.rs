@@ -10,7 +10,7 @@ pub mod reload;
 mod secret;
 pub mod time;
 mod types;
-mod validate;
+pub(crate) mod validate;
 
 pub use audit::{AuditConfig, OnFailure, AUDIT_EVENTS};
 pub use auth::{

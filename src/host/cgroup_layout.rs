@@ -59,14 +59,14 @@ pub fn own_cgroup(paths: &HostPaths) -> anyhow::Result<String> {
 
 /// One line of mountinfo, reduced to what layout detection needs.
 #[derive(Debug, PartialEq, Eq)]
-struct Mount {
-    mount_point: String,
-    fstype: String,
+pub(crate) struct Mount {
+    pub(crate) mount_point: String,
+    pub(crate) fstype: String,
 }
 
 /// Parses mountinfo (proc(5)): `id parent maj:min root mount-point options [optional…] - fstype
 /// source super-options`. The optional fields vary in number, hence the search for the `-`.
-fn parse_mountinfo(text: &str) -> anyhow::Result<Vec<Mount>> {
+pub(crate) fn parse_mountinfo(text: &str) -> anyhow::Result<Vec<Mount>> {
     let mut mounts = Vec::new();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -123,7 +123,7 @@ fn octal_byte(digits: &[u8]) -> Option<u8> {
     })
 }
 
-fn layout_from_mounts(mounts: &[Mount]) -> anyhow::Result<CgroupLayout> {
+pub(crate) fn layout_from_mounts(mounts: &[Mount]) -> anyhow::Result<CgroupLayout> {
     let v2_mounts: Vec<&str> = mounts
         .iter()
         .filter(|m| m.fstype == "cgroup2")
@@ -150,7 +150,7 @@ fn layout_from_mounts(mounts: &[Mount]) -> anyhow::Result<CgroupLayout> {
     }
 }
 
-fn cgroup_from_proc_self(text: &str) -> anyhow::Result<String> {
+pub(crate) fn cgroup_from_proc_self(text: &str) -> anyhow::Result<String> {
     let mut systemd_v1 = None;
     for line in text.lines() {
         // hierarchy-ID:controller-list:cgroup-path; the path itself may contain ':'.

@@ -27,7 +27,7 @@ pub fn read_meminfo(paths: &HostPaths) -> anyhow::Result<MemInfo> {
     parse_meminfo(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-fn parse_meminfo(text: &str) -> anyhow::Result<MemInfo> {
+pub(crate) fn parse_meminfo(text: &str) -> anyhow::Result<MemInfo> {
     let mut fields = HashMap::new();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -6,7 +6,7 @@
 mod forward;
 mod intake;
 pub mod tokens;
-mod upstream;
+pub(crate) mod upstream;
 
 pub use upstream::idle_sweeper;
 

@@ -18,8 +18,8 @@
 //! nothing). Once written, only a GET, HEAD or OPTIONS is sent again (when the reused
 //! connection closes without an answer): a generation must not run twice.
 
-mod chunked;
-mod head;
+pub(crate) mod chunked;
+pub(crate) mod head;
 
 use axum::http::{Method, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};

@@ -37,7 +37,7 @@ fn read_u64(p: &Path) -> Option<u64> {
 }
 
 /// `key value` lines (memory.stat, cpu.stat, memory.events, memory.oom_control).
-fn keyed(text: &str, key: &str) -> Option<u64> {
+pub(crate) fn keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
@@ -45,7 +45,7 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
 }
 
 /// PSI file: `some avg10=0.00 avg60=0.00 avg300=0.00 total=12345`.
-fn psi_some_total(text: &str) -> Option<u64> {
+pub(crate) fn psi_some_total(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("some "))?;
     line.split_whitespace()
         .find_map(|f| f.strip_prefix("total="))?
@@ -54,7 +54,7 @@ fn psi_some_total(text: &str) -> Option<u64> {
 }
 
 /// io.stat: `8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0`, one line per device.
-fn io_stat(text: &str) -> (Option<u64>, Option<u64>) {
+pub(crate) fn io_stat(text: &str) -> (Option<u64>, Option<u64>) {
     let (mut r, mut w, mut any) = (0u64, 0u64, false);
     for f in text.split_whitespace() {
         if let Some(v) = f
@@ -79,7 +79,7 @@ fn io_stat(text: &str) -> (Option<u64>, Option<u64>) {
 }
 
 /// v1 blkio.throttle.io_service_bytes: `8:0 Read 123` lines (and a `Total` line).
-fn blkio(text: &str) -> (Option<u64>, Option<u64>) {
+pub(crate) fn blkio(text: &str) -> (Option<u64>, Option<u64>) {
     let (mut r, mut w, mut any) = (0u64, 0u64, false);
     for l in text.lines() {
         let mut f = l.split_whitespace();
@@ -99,6 +99,13 @@ fn blkio(text: &str) -> (Option<u64>, Option<u64>) {
     } else {
         (None, None)
     }
+}
+
+/// v1 cpuacct.stat: `user N` and `system N` in USER_HZ ticks (100 per second on Linux), as
+/// microseconds (none where that would not fit a u64).
+pub(crate) fn cpuacct_stat(text: &str) -> (Option<u64>, Option<u64>) {
+    let usec = |key| keyed(text, key)?.checked_mul(10_000);
+    (usec("user"), usec("system"))
 }
 
 fn join(base: PathBuf, cg: &str) -> PathBuf {
@@ -178,9 +185,7 @@ fn read_v1(paths: &HostPaths, cg: &str) -> CgroupStats {
     if let Some(c) = controller(paths, &["cpuacct", "cpu,cpuacct", "cpu"], cg) {
         s.cpu_usec = read_u64(&c.join("cpuacct.usage")).map(|ns| ns / 1000);
         if let Some(st) = read(&c.join("cpuacct.stat")) {
-            // USER_HZ ticks (100 per second on Linux).
-            s.cpu_user_usec = keyed(&st, "user").map(|t| t * 10_000);
-            s.cpu_system_usec = keyed(&st, "system").map(|t| t * 10_000);
+            (s.cpu_user_usec, s.cpu_system_usec) = cpuacct_stat(&st);
         }
         if let Some(st) = read(&c.join("cpu.stat")) {
             s.cpu_throttled_usec = keyed(&st, "throttled_time").map(|ns| ns / 1000);
@@ -279,6 +284,15 @@ mod tests {
         assert_eq!(s.tasks, Some(3));
         assert_eq!(s.pressure_cpu_usec, Some(42));
         assert_eq!(s.io_read_bytes, None);
+    }
+
+    /// Found by `tools/fuzz` (fuzz/artifacts/cgroup/): ticks × 10000 overflowed and panicked.
+    #[test]
+    fn cpuacct_ticks_that_overflow_are_none() {
+        assert_eq!(
+            cpuacct_stat("user 1844674407370956\nsystem 3\n"),
+            (None, Some(30_000))
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub struct SystemStats {
 /// `/proc/stat` times are in USER_HZ, which Linux fixes at 100 for userspace.
 const USER_HZ: f64 = 100.0;
 
-fn cpu(text: &str) -> Option<(u64, f64, f64)> {
+pub(crate) fn cpu(text: &str) -> Option<(u64, f64, f64)> {
     let count = text
         .lines()
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
@@ -38,8 +38,12 @@ fn cpu(text: &str) -> Option<(u64, f64, f64)> {
         return None;
     }
     // user nice system idle iowait irq softirq steal (guest time is already in user/nice).
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v[3] + v.get(4).copied().unwrap_or(0);
+    // Counters that do not add up in a u64 are no CPU times.
+    let total = v
+        .iter()
+        .take(8)
+        .try_fold(0u64, |sum, t| sum.checked_add(*t))?;
+    let idle = v[3].checked_add(v.get(4).copied().unwrap_or(0))?;
     Some((
         count,
         (total - idle) as f64 / USER_HZ,
@@ -65,25 +69,27 @@ fn whole_disk(name: &str) -> bool {
     letters("sd") || letters("vd") || letters("xvd") || letters("hd") || nvme || mmc
 }
 
-fn diskstats(text: &str) -> Option<(u64, u64)> {
+pub(crate) fn diskstats(text: &str) -> Option<(u64, u64)> {
     let (mut r, mut w, mut any) = (0u64, 0u64, false);
     for l in text.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.len() < 10 || !whole_disk(f[2]) {
             continue;
         }
-        // Field 6 / 10: sectors read / written, always 512-byte units.
-        let (Ok(sr), Ok(sw)) = (f[5].parse::<u64>(), f[9].parse::<u64>()) else {
+        // Field 6 / 10: sectors read / written, always 512-byte units (a count whose bytes do
+        // not fit a u64 is no count).
+        let bytes = |f: &str| f.parse::<u64>().ok()?.checked_mul(512);
+        let (Some(sr), Some(sw)) = (bytes(f[5]), bytes(f[9])) else {
             continue;
         };
-        r = r.saturating_add(sr * 512);
-        w = w.saturating_add(sw * 512);
+        r = r.saturating_add(sr);
+        w = w.saturating_add(sw);
         any = true;
     }
     any.then_some((r, w))
 }
 
-fn netdev(text: &str) -> Option<(u64, u64)> {
+pub(crate) fn netdev(text: &str) -> Option<(u64, u64)> {
     let (mut rx, mut tx, mut any) = (0u64, 0u64, false);
     for l in text.lines().skip(2) {
         let Some((iface, rest)) = l.split_once(':') else {
@@ -105,6 +111,16 @@ fn netdev(text: &str) -> Option<(u64, u64)> {
     any.then_some((rx, tx))
 }
 
+/// `/proc/loadavg`: the 1, 5 and 15 minute load averages.
+pub(crate) fn loadavg(text: &str) -> Option<[f64; 3]> {
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .take(3)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    (v.len() == 3).then(|| [v[0], v[1], v[2]])
+}
+
 pub fn read_system(paths: &HostPaths) -> SystemStats {
     let rd = |rel: &str| std::fs::read_to_string(paths.proc(rel)).ok();
     let mut s = SystemStats::default();
@@ -117,14 +133,7 @@ pub fn read_system(paths: &HostPaths) -> SystemStats {
         s.cpu_busy_seconds = Some(busy);
         s.cpu_total_seconds = Some(total);
     }
-    s.load = rd("loadavg").and_then(|t| {
-        let v: Vec<f64> = t
-            .split_whitespace()
-            .take(3)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        (v.len() == 3).then(|| [v[0], v[1], v[2]])
-    });
+    s.load = rd("loadavg").as_deref().and_then(loadavg);
     if let Some((r, w)) = rd("diskstats").as_deref().and_then(diskstats) {
         s.disk_read_bytes = Some(r);
         s.disk_written_bytes = Some(w);
@@ -161,6 +170,23 @@ mod tests {
         assert!(s.memory_total_bytes.is_some());
         assert_eq!(s.load, None);
         assert_eq!(s.disk_read_bytes, None);
+    }
+
+    /// Found by `tools/fuzz` (fuzz/artifacts/procfs/): the sum overflowed and panicked.
+    #[test]
+    fn cpu_times_that_overflow_are_refused() {
+        assert_eq!(cpu("cpu  18446744073709551615 1 0 0\n"), None);
+        assert_eq!(cpu("cpu  1 0 0 18446744073709551615 1\n"), None);
+        assert_eq!(cpu("cpu  1 2 3 4\ncpu0 1 2 3 4\n"), Some((1, 0.06, 0.1)));
+    }
+
+    /// Found by `tools/fuzz` (fuzz/artifacts/procfs/): sectors × 512 overflowed and panicked.
+    #[test]
+    fn sector_counts_that_overflow_are_skipped() {
+        let line = |sectors: &str| format!("8 0 sda 1 0 {sectors} 0 2 0 40 0 0 0\n");
+        assert_eq!(diskstats(&line("36028797018963968")), None);
+        let two = line("36028797018963968") + &line("30");
+        assert_eq!(diskstats(&two), Some((30 * 512, 40 * 512)));
     }
 
     #[test]

@@ -9,7 +9,7 @@ const MAX_TRAILERS: usize = 16 << 10;
 
 /// Decoding `Transfer-Encoding: chunked`, resumable at any byte.
 #[derive(Default)]
-pub(super) struct Chunked {
+pub(crate) struct Chunked {
     state: ChunkState,
     trailer_bytes: usize,
 }
@@ -29,13 +29,13 @@ enum ChunkState {
 }
 
 impl Chunked {
-    pub(super) fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.state == ChunkState::Done
     }
 
     /// Takes the complete lines and data in `buf`: returns the data, concatenated (without a
     /// copy when there is one piece), or `None` if none is complete yet.
-    pub(super) fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
         let mut one: Option<Bytes> = None;
         let mut many: Option<BytesMut> = None;
         loop {
@@ -110,9 +110,12 @@ fn bad(what: &str) -> io::Error {
     )
 }
 
-/// One line (without its CRLF or LF) from the front of `buf`, if a whole one is there.
+/// One line (without its CRLF or LF) from the front of `buf`, if a whole one is there. A line
+/// over `limit` is refused whether or not its end has arrived, so the answer does not depend on
+/// how the bytes were split into reads.
 fn take_line(buf: &mut BytesMut, limit: usize) -> io::Result<Option<BytesMut>> {
     match memchr::memchr(b'\n', buf) {
+        Some(i) if i > limit => Err(bad("line too long")),
         Some(i) => {
             let mut line = buf.split_to(i + 1);
             line.truncate(i);

@@ -83,7 +83,7 @@ pub struct Head {
     pub headers: HeaderMap,
 }
 
-pub(super) struct Parsed {
+pub(crate) struct Parsed {
     pub head: Head,
     pub framing: Framing,
     pub keep_alive: bool,
@@ -96,7 +96,7 @@ fn invalid(what: impl Into<String>) -> UpstreamError {
 }
 
 /// Parses a complete response head at the start of `buf`; `None` if more bytes are needed.
-pub(super) fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, UpstreamError> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, UpstreamError> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut raw);
     let len = match res.parse(buf) {
@@ -175,7 +175,7 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, UpstreamError> {
     }))
 }
 
-pub(super) enum Framing {
+pub(crate) enum Framing {
     /// This many body bytes remain.
     Length(u64),
     Chunked(Chunked),

@@ -82,6 +82,28 @@ fn malformed_chunked_bodies_are_errors() {
     assert!(c.decode(&mut buf).is_err(), "an endless size line");
 }
 
+/// Found by `tools/fuzz` (fuzz/artifacts/chunked/): a size line over the limit was refused when
+/// it arrived in pieces and taken when its end came in the same read.
+#[test]
+fn a_long_line_is_refused_however_it_arrives() {
+    let mut body = b"1;".to_vec();
+    body.resize(MAX_CHUNK_LINE + 1, b'x');
+    body.extend_from_slice(b"\r\nA\r\n0\r\n\r\n");
+    for cuts in [&[][..], &[1000], &[MAX_CHUNK_LINE + 1]] {
+        assert!(decode_in_pieces(&body, cuts).is_err(), "cut at {cuts:?}");
+    }
+    // The line and its CR within the limit.
+    let mut fits = b"1;".to_vec();
+    fits.resize(MAX_CHUNK_LINE - 1, b'x');
+    fits.extend_from_slice(b"\r\nA\r\n0\r\n\r\n");
+    for cuts in [&[][..], &[1000]] {
+        assert_eq!(
+            decode_in_pieces(&fits, cuts).unwrap(),
+            (b"A".to_vec(), true)
+        );
+    }
+}
+
 // ---------------------------------------------------------------- heads
 
 fn parsed(head: &str) -> Parsed {
