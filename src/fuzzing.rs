@@ -67,7 +67,7 @@ pub fn config(data: &[u8]) {
     let _ = config::restart_only_changes(&Config::default(), &c);
 }
 
-fn durations(c: &Config) -> [(&'static str, Duration); 13] {
+fn durations(c: &Config) -> [(&'static str, Duration); 14] {
     let (s, i, p) = (&c.systemd, &c.instances, &c.proxy);
     [
         ("server.request_timeout", c.server.request_timeout.get()),
@@ -95,6 +95,7 @@ fn durations(c: &Config) -> [(&'static str, Duration); 13] {
             "proxy.response_header_timeout",
             p.response_header_timeout.get(),
         ),
+        ("proxy.backend_idle_timeout", p.backend_idle_timeout.get()),
     ]
 }
 
