@@ -231,7 +231,10 @@ c_m_cpu() {
     local m b a
     m=$(metric cpu_seconds_total) || { echo "$m"; return 1; }
     { b=$(keyed "$OUT/b.cpu.stat" usage_usec) && a=$(keyed "$OUT/a.cpu.stat" usage_usec); } || { echo "cpu.stat has no usage_usec"; return 1; }
-    within "$b" "$a" "$(usec "$m")" 1 || { echo "metric $m s, cpu.stat usage_usec $b..$a"; return 1; }
+    # The scrape serves the background collector's last snapshot (up to a collection interval
+    # old), and the backend uses a little CPU meanwhile (health probes): the metric may be up to
+    # 100 ms of CPU behind the first read (the same slack is allowed above the second).
+    within "$b" "$a" "$(usec "$m")" 100000 || { echo "metric $m s, cpu.stat usage_usec $b..$a"; return 1; }
 }
 
 c_m_io() {
@@ -408,7 +411,8 @@ c_itest() {
         env LLAMACTL_TEST_SANDBOX=1 RUST_BACKTRACE=1 "$IT/integration" "$mod::" --test-threads=2 \
         >"$OUT/itest-$mod.log" 2>&1 || rc=$?
     if ((rc != 0)) || ! grep -q "^test result: ok. $n passed; 0 failed; 0 ignored" "$OUT/itest-$mod.log"; then
-        grep -E '^test .* FAILED$|panicked at' "$OUT/itest-$mod.log" | head -n 4
+        grep -E '^test .* FAILED$' "$OUT/itest-$mod.log" | head -n 3
+        grep -A2 'panicked at' "$OUT/itest-$mod.log" | head -n 9
         echo "exit $rc; $(grep '^test result:' "$OUT/itest-$mod.log")"
         return 1
     fi
