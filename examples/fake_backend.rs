@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! fake_backend --host 127.0.0.1 --port N [--model NAME] [--ready-after MS] [--fail-after MS]
-//!              [--chunk-delay MS] [--misbehave hang|interim|stall]
+//!              [--chunk-delay MS] [--first-token-delay MS] [--misbehave hang|interim|stall]
 //! ```
 //!
 //! - stdout (one flushed line each; under systemd it goes to the journal):
@@ -14,7 +14,10 @@
 //!   "loading".
 //! - `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (also without `/v1`): a
 //!   fixed completion ("Hello from fake", usage 5/3/8); with `"stream": true` an SSE stream of 3
-//!   chunks, a usage chunk and `data: [DONE]`.
+//!   chunks, a usage chunk and `data: [DONE]`, `--chunk-delay` apart.
+//! - `--first-token-delay MS`: a chat stream starts with a role-only chunk (`"content":null`, as
+//!   llama-server sends) at once, and its first text comes MS later: the time to first token
+//!   then differs from the time to first byte.
 //! - `--fail-after MS`: exits with status 3 after that long (for restart-policy tests).
 //! - `--misbehave hang`: `/health` answers 200; every other request is read and never answered
 //!   (the connection stays open). `--misbehave interim`: the same, but it is answered
@@ -64,6 +67,9 @@ struct Args {
     /// Pause between streamed chunks, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     chunk_delay: u64,
+    /// Chat streams: a role-only chunk at once, the first text this many milliseconds later.
+    #[arg(long, value_name = "MS")]
+    first_token_delay: Option<u64>,
     /// Answer health checks and nothing else: `hang` (never answer) or `interim` (1xx for ever).
     #[arg(long, value_name = "HOW")]
     misbehave: Option<String>,
@@ -142,6 +148,7 @@ struct AppState {
     model: String,
     ready_at: Instant,
     chunk_delay: Duration,
+    first_token_delay: Option<Duration>,
     next_id: AtomicU64,
 }
 
@@ -210,7 +217,7 @@ async fn models(State(st): State<Shared>) -> Json<Value> {
     }))
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Chat,
     Text,
@@ -311,6 +318,17 @@ fn complete(st: Shared, kind: Kind, body: &[u8]) -> Response {
         "id": id, "object": chunk_object, "created": created, "model": model,
         "choices": [], "usage": usage(),
     }));
+    let first_token_delay = st.first_token_delay.filter(|_| kind == Kind::Chat);
+    if first_token_delay.is_some() {
+        events.insert(
+            0,
+            json!({
+                "id": id, "object": chunk_object, "created": created, "model": model,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": null},
+                             "finish_reason": null}],
+            }),
+        );
+    }
 
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let delay = st.chunk_delay;
@@ -320,8 +338,13 @@ fn complete(st: Shared, kind: Kind, body: &[u8]) -> Response {
             .map(|e| format!("data: {e}\n\n"))
             .chain(std::iter::once("data: [DONE]\n\n".to_owned()));
         for (i, line) in lines.enumerate() {
-            if i > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+            let pause = match first_token_delay {
+                Some(first) if i == 1 => first,
+                _ if i > 0 => delay,
+                _ => Duration::ZERO,
+            };
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
             }
             if tx.send(Bytes::from(line)).await.is_err() {
                 return; // client went away
@@ -374,6 +397,7 @@ async fn main() -> std::io::Result<()> {
         model: args.model.clone(),
         ready_at: started + Duration::from_millis(args.ready_after),
         chunk_delay: Duration::from_millis(args.chunk_delay),
+        first_token_delay: args.first_token_delay.map(Duration::from_millis),
         next_id: AtomicU64::new(1),
     });
 

@@ -111,6 +111,33 @@ fn real_llama_server_behind_the_proxy() {
         after >= (completion + 1) as f64,
         "streamed tokens counted: {after}"
     );
+    // Its token timing: one time to first token, and an interval per text event after the
+    // first (llama-server sends each token as it comes, after a role-only chunk).
+    let texts = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|e| {
+            let delta = &e["choices"][0]["delta"];
+            ["content", "reasoning_content"]
+                .iter()
+                .any(|k| delta[k].as_str().is_some_and(|t| !t.is_empty()))
+        })
+        .count();
+    assert!(texts >= 2, "{}", r.body);
+    let smolly = "instance_name=\"psmol\",model=\"smolly\"";
+    let count = |name: &str| {
+        sample(&m, &format!("llamactl_proxy_{name}_count{{{smolly}}}"))
+            .unwrap_or_else(|| panic!("{name} in\n{m}"))
+    };
+    assert_eq!(count("time_to_first_token_seconds"), 1.0);
+    assert_eq!(
+        count("inter_token_latency_seconds"),
+        (texts - 1) as f64,
+        "{}",
+        r.body
+    );
 
     // /v1/models shows instances with their state and aliases.
     let models = get(d.port, "/v1/models").json();
@@ -383,5 +410,130 @@ fn a_deleted_instance_leaves_no_proxy_series_behind() {
     assert!(
         sizes.iter().max().unwrap() - sizes.iter().min().unwrap() < 200,
         "{sizes:?}"
+    );
+}
+
+/// The LLM latency histograms against a backend that streams at a known pace: a role-only
+/// chunk at once, the first text 600 ms later, then text every 220 ms (3 pieces).
+#[test]
+fn llm_latency_histograms_match_a_backend_at_a_known_pace() {
+    unit_test!();
+    let d = crate::util::sandbox::daemon("proxy-pace", "", "");
+    let fake = crate::util::fake_backend().display().to_string();
+    let spec = json!({"backend_type": "command", "on_demand_start": true,
+        "backend_options": {"command": [&fake, "--port", "{port}", "--ready-after", "1500",
+            "--first-token-delay", "600", "--chunk-delay", "220"]}});
+    let r = api("POST", d.port, "/api/v1/instances/pace", Some(spec));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let stream = json!({"model": "pace", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    // The first request starts the instance (and waits out its 1.5 s of loading).
+    for _ in 0..2 {
+        let r = chat(d.port, stream.clone());
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.ends_with("data: [DONE]\n\n"), "{}", r.body);
+    }
+    let r = chat(
+        d.port,
+        json!({"model": "pace/adapter", "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = get(d.port, "/metrics").body;
+    let at = |name: &str, labels: &str| {
+        sample(&m, &format!("llamactl_proxy_{name}{{{labels}}}"))
+            .unwrap_or_else(|| panic!("no {name}{{{labels}}} in\n{m}"))
+    };
+    let own = "instance_name=\"pace\",model=\"pace\"";
+    // Time to first byte is the role chunk's (and the JSON answer's); time to first token
+    // waits for the text.
+    assert_eq!(
+        at(
+            "time_to_first_byte_seconds_bucket",
+            "instance_name=\"pace\",endpoint=\"chat_completions\",le=\"0.1\""
+        ),
+        2.0
+    );
+    assert_eq!(at("time_to_first_token_seconds_count", own), 2.0);
+    assert_eq!(
+        at(
+            "time_to_first_token_seconds_bucket",
+            &format!("{own},le=\"0.5\"")
+        ),
+        0.0
+    );
+    assert_eq!(
+        at(
+            "time_to_first_token_seconds_bucket",
+            &format!("{own},le=\"0.75\"")
+        ),
+        1.0,
+        "the second request: ~0.6 s"
+    );
+    // Two intervals per stream, each ~0.22 s.
+    assert_eq!(at("inter_token_latency_seconds_count", own), 4.0);
+    assert_eq!(
+        at(
+            "inter_token_latency_seconds_bucket",
+            &format!("{own},le=\"0.2\"")
+        ),
+        0.0
+    );
+    assert_eq!(
+        at(
+            "inter_token_latency_seconds_bucket",
+            &format!("{own},le=\"0.3\"")
+        ),
+        4.0
+    );
+    let itl_sum = at("inter_token_latency_seconds_sum", own);
+    assert!((0.88..1.2).contains(&itl_sum), "{itl_sum}");
+    // The first request waited for the on-demand start; the second did not wait.
+    assert_eq!(at("queue_time_seconds_count", own), 2.0);
+    assert_eq!(
+        at("queue_time_seconds_bucket", &format!("{own},le=\"0.3\"")),
+        1.0
+    );
+    assert!(at("queue_time_seconds_sum", own) >= 1.5);
+    // fake_backend's usage: 5 prompt and 3 completion tokens, per request.
+    let tokens = |model: &str, kind: &str, le: &str| {
+        at(
+            "request_tokens_bucket",
+            &format!("instance_name=\"pace\",model=\"{model}\",type=\"{kind}\",le=\"{le}\""),
+        )
+    };
+    assert_eq!(
+        (
+            tokens("pace", "prompt", "4"),
+            tokens("pace", "prompt", "16")
+        ),
+        (0.0, 2.0)
+    );
+    assert_eq!(
+        (
+            tokens("pace", "completion", "1"),
+            tokens("pace", "completion", "4")
+        ),
+        (0.0, 2.0)
+    );
+    // A non-streamed answer has tokens and a queue time, no time to first token.
+    assert_eq!(tokens("pace/adapter", "completion", "4"), 1.0);
+    assert_eq!(
+        at(
+            "time_to_first_token_seconds_count",
+            "instance_name=\"pace\",model=\"pace/adapter\""
+        ),
+        0.0
+    );
+    // Generation speed comes from streams (or llama.cpp's timings), never from a JSON answer
+    // that arrived all at once.
+    let tps = sample(
+        &m,
+        "llamactl_instance_tokens_per_second{instance_name=\"pace\"}",
+    )
+    .unwrap();
+    assert!((2.0..20.0).contains(&tps), "3 tokens over ~0.44 s: {tps}");
+    assert_eq!(
+        api("DELETE", d.port, "/api/v1/instances/pace", None).status,
+        204
     );
 }

@@ -273,6 +273,17 @@ fn traffic(m: &Metrics) {
     sparse.observe(2, 503, 0.002, None);
     smol.tokens(120, 480, Some(42.5));
     smol.tokens(30, 0, None);
+    let llm = smol.llm("smol");
+    llm.ttft.observe(0.18);
+    llm.queue.observe(0.0);
+    llm.queue.observe(2.4);
+    let mut itl = llm.itl.tally();
+    itl.observe_n(0.021, 479);
+    itl.observe(0.3);
+    llm.itl.add(&itl);
+    llm.prompt_tokens.observe(120.0);
+    llm.completion_tokens.observe(480.0);
+    smol.llm("smol/lora-de").queue.observe(0.0);
     // An instance's handle keeps its series for as long as the instance exists; dropping them
     // would take the series out of `/metrics` (a deleted instance's, see `InstanceSeries`).
     std::mem::forget(smol);

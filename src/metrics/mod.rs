@@ -17,9 +17,11 @@ use crate::host::HostPaths;
 pub mod access;
 pub mod build;
 pub mod http;
+pub mod llm;
 pub mod process;
 pub mod proxy;
 pub mod resources;
+pub mod tally;
 
 pub use self::process::ProcessCollector;
 pub use self::resources::ResourceCollector;

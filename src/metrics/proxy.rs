@@ -1,4 +1,7 @@
-//! Series about proxied model requests: counts, latency, time to first byte, tokens.
+//! Series about proxied model requests: counts, latency, time to first byte, tokens; the LLM
+//! latencies (time to first token, inter-token, queue) are described in `super::llm`.
+
+use super::llm::{LlmMetrics, LlmSeries, MAX_MODELS_PER_INSTANCE, OTHER_MODEL};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -51,6 +54,7 @@ pub struct ProxyMetrics {
     pub ttfb: Hist,
     pub tokens: Family<TokenLabels, Counter>,
     pub tokens_per_second: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
+    pub llm: LlmMetrics,
 }
 
 impl ProxyMetrics {
@@ -61,6 +65,7 @@ impl ProxyMetrics {
             ttfb: Family::new_with_constructor(hist as fn() -> Histogram),
             tokens: Family::default(),
             tokens_per_second: Family::default(),
+            llm: LlmMetrics::register(r),
         };
         r.register(
             "proxy_requests",
@@ -109,6 +114,11 @@ pub struct InstanceSeries {
     prompt: std::sync::OnceLock<Counter>,
     completion: std::sync::OnceLock<Counter>,
     tokens_per_second: std::sync::OnceLock<Gauge<f64, AtomicU64>>,
+    /// The LLM series of requests whose `model` is the instance's name.
+    llm_own: std::sync::OnceLock<std::sync::Arc<LlmSeries>>,
+    /// Those of other `model` values (aliases, `instance/model`), at most
+    /// `MAX_MODELS_PER_INSTANCE` of them, then `OTHER_MODEL`.
+    llm_models: std::sync::RwLock<Vec<(String, std::sync::Arc<LlmSeries>)>>,
 }
 
 struct EndpointSeries {
@@ -131,7 +141,39 @@ impl InstanceSeries {
             prompt: std::sync::OnceLock::new(),
             completion: std::sync::OnceLock::new(),
             tokens_per_second: std::sync::OnceLock::new(),
+            llm_own: std::sync::OnceLock::new(),
+            llm_models: std::sync::RwLock::new(Vec::new()),
         }
+    }
+
+    /// The LLM latency series of requests that named `model`.
+    pub fn llm(&self, model: &str) -> std::sync::Arc<LlmSeries> {
+        if model == self.instance {
+            return self
+                .llm_own
+                .get_or_init(|| LlmSeries::new(&self.metrics.llm, &self.instance, model).into())
+                .clone();
+        }
+        let find = |v: &[(String, std::sync::Arc<LlmSeries>)], m: &str| {
+            v.iter().find(|(k, _)| k == m).map(|(_, s)| s.clone())
+        };
+        let read = self.llm_models.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = find(&read, model) {
+            return s;
+        }
+        drop(read);
+        let mut w = self.llm_models.write().unwrap_or_else(|p| p.into_inner());
+        let key = if w.len() < MAX_MODELS_PER_INSTANCE {
+            model
+        } else {
+            OTHER_MODEL
+        };
+        if let Some(s) = find(&w, key) {
+            return s;
+        }
+        let s = std::sync::Arc::new(LlmSeries::new(&self.metrics.llm, &self.instance, key));
+        w.push((key.to_string(), s.clone()));
+        s
     }
 
     fn endpoint(&self, i: usize) -> Option<&EndpointSeries> {
@@ -249,6 +291,17 @@ impl Drop for InstanceSeries {
                 instance_name: self.instance.clone(),
             });
         }
+        if self.llm_own.get().is_some() {
+            LlmSeries::remove(&self.metrics.llm, &self.instance, &self.instance);
+        }
+        for (model, _) in self
+            .llm_models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            LlmSeries::remove(&self.metrics.llm, &self.instance, model);
+        }
     }
 }
 
@@ -275,11 +328,33 @@ mod tests {
             gone.observe(0, 502, 0.1, None);
             gone.observe(1, 200, 0.1, None);
             gone.tokens(10, 20, Some(5.0));
+            gone.llm("gone").ttft.observe(0.5);
+            gone.llm("gone/lora-a").itl.observe(0.5);
             assert!(text(&r).contains("instance_name=\"gone\""), "round {round}");
             drop(gone);
             let after = text(&r);
             assert!(!after.contains("\"gone\""), "round {round}: {after}");
             assert!(after.contains("instance_name=\"keep\""), "{after}");
         }
+    }
+
+    #[test]
+    fn the_model_label_is_bounded_per_instance() {
+        let mut r = Registry::default();
+        let m = ProxyMetrics::register(&mut r);
+        let s = InstanceSeries::new(&m, "vllm", &["chat"]);
+        for i in 0..100 {
+            s.llm(&format!("vllm/adapter-{i}")).queue.observe(0.0);
+        }
+        s.llm("vllm").queue.observe(0.0);
+        let t = text(&r);
+        let models: std::collections::BTreeSet<_> = t
+            .lines()
+            .filter(|l| l.starts_with("proxy_queue_time_seconds_count"))
+            .collect();
+        assert_eq!(models.len(), MAX_MODELS_PER_INSTANCE + 2, "{t}");
+        assert!(
+            t.contains("proxy_queue_time_seconds_count{instance_name=\"vllm\",model=\"other\"} 84")
+        );
     }
 }

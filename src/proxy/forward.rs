@@ -5,10 +5,12 @@
 //! as 504): otherwise a hung backend would hold its request, and the instance's in-flight
 //! count, for as long as the client waits — blocking idle stop and eviction.
 
-use super::tokens::{SseScanner, Usage};
+use super::tokens::{SseScanner, TextKey, Usage};
 use super::upstream;
 use crate::instance::handle::InFlight;
+use crate::metrics::llm::LlmSeries;
 use crate::metrics::proxy::InstanceSeries;
+use crate::metrics::tally::Tally;
 use axum::body::{Body, Bytes};
 use axum::http::{header, Response};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -36,6 +38,8 @@ pub struct Watch {
     pub usage: Option<std::sync::Arc<dyn super::KeyUsage>>,
     /// How long the backend may send nothing once its head has come (`backend_idle_timeout`).
     pub idle_timeout: Duration,
+    /// The (instance, model) LLM latency series, and where the endpoint's events put text.
+    pub llm: Option<(std::sync::Arc<LlmSeries>, TextKey)>,
 }
 
 /// The `status` label of a response cut off because the backend went silent mid-body.
@@ -45,7 +49,18 @@ enum Scan {
     None,
     /// A JSON answer's frames, kept (by reference count, not copied) to read `usage` at the end.
     Json(Vec<Bytes>, usize),
-    Sse(SseScanner),
+    Sse(Box<Stream>),
+}
+
+/// What a stream's events tell: token counts, and when text came.
+struct Stream {
+    scanner: SseScanner,
+    /// Seconds from the request to the first event with text.
+    first_text: Option<f64>,
+    /// When the last read with text came.
+    last_text: Option<Instant>,
+    /// Inter-token latencies, merged into the histogram once at the end.
+    itl: Tally,
 }
 
 /// Upper bound of a JSON body kept to read its `usage` (the body itself streams regardless).
@@ -73,7 +88,24 @@ impl Tap {
             self.first_byte = Some(self.watch.started.elapsed().as_secs_f64());
         }
         match &mut self.scan {
-            Scan::Sse(s) => s.feed(data),
+            Scan::Sse(s) => {
+                let texts = s.scanner.feed(data);
+                if texts > 0 {
+                    // Events read together arrived together: they share the interval since the
+                    // previous read with text (the first read's extra events, none).
+                    match s.last_text {
+                        None => {
+                            s.first_text = Some((self.last - self.watch.started).as_secs_f64());
+                            s.itl.observe_n(0.0, u64::from(texts - 1));
+                        }
+                        Some(prev) => {
+                            let gap = (self.last - prev).as_secs_f64();
+                            s.itl.observe_n(gap / f64::from(texts), u64::from(texts));
+                        }
+                    }
+                    s.last_text = Some(self.last);
+                }
+            }
             Scan::Json(kept, len) if *len + data.len() <= JSON_KEEP => {
                 *len += data.len();
                 kept.push(data.clone());
@@ -94,17 +126,39 @@ impl Tap {
         let w = &self.watch;
         w.series.observe(w.endpoint, status, total, self.first_byte);
         let mut usage = Usage::default();
+        // When a stream's text came: the time over which its completion tokens were generated.
+        let mut generation = None;
         match std::mem::replace(&mut self.scan, Scan::None) {
             Scan::Json(kept, _) if kept.len() == 1 => usage.absorb_json(&kept[0]),
             Scan::Json(kept, _) => usage.absorb_json(&kept.concat()),
-            Scan::Sse(s) => usage = s.usage,
+            Scan::Sse(s) => {
+                if let (Some((llm, _)), Some(t)) = (&w.llm, s.first_text) {
+                    llm.ttft.observe(t);
+                    llm.itl.add(&s.itl);
+                }
+                usage = s.scanner.usage;
+                generation = s
+                    .first_text
+                    .zip(s.last_text)
+                    .map(|(first, last)| (last - self.watch.started).as_secs_f64() - first);
+            }
             Scan::None => {}
         }
+        if let Some((llm, _)) = &w.llm {
+            if usage.prompt > 0 {
+                llm.prompt_tokens.observe(usage.prompt as f64);
+            }
+            if usage.completion > 0 {
+                llm.completion_tokens.observe(usage.completion as f64);
+            }
+        }
         if usage.prompt > 0 || usage.completion > 0 {
-            let generation = total - self.first_byte.unwrap_or(0.0);
+            // Without llama.cpp's own figure: the tokens after the first, over the time from
+            // the first text to the last (a JSON answer, which arrives at once, has none).
             let tps = usage.per_second.or_else(|| {
-                (usage.completion > 0 && generation > 0.0)
-                    .then(|| usage.completion as f64 / generation)
+                generation
+                    .filter(|g| *g > 0.0 && usage.completion > 1)
+                    .map(|g| (usage.completion - 1) as f64 / g)
             });
             w.series.tokens(usage.prompt, usage.completion, tps);
             if let Some(k) = &w.usage {
@@ -208,7 +262,13 @@ pub fn respond(head: upstream::Head, body: upstream::Body, watch: Watch) -> Resp
         .map(|v| v.as_bytes())
         .unwrap_or(b"");
     let scan = if ctype.starts_with(b"text/event-stream") {
-        Scan::Sse(SseScanner::default())
+        let key = watch.llm.as_ref().map(|(_, k)| *k).unwrap_or_default();
+        Scan::Sse(Box::new(Stream {
+            scanner: SseScanner::new(key),
+            first_text: None,
+            last_text: None,
+            itl: Tally::new(crate::metrics::llm::ITL_BUCKETS),
+        }))
     } else if ctype.starts_with(b"application/json") {
         Scan::Json(Vec::new(), 0)
     } else {
@@ -299,6 +359,7 @@ mod tests {
             std::sync::Arc::new(InstanceSeries::new(&metrics, "t", super::super::ENDPOINTS));
         std::mem::forget(series.clone());
         let watch = Watch {
+            llm: Some((series.llm("t"), TextKey::Content)),
             series,
             endpoint: 0,
             started: Instant::now(),

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
+use tokens::TextKey;
 
 /// What the proxy works with: the instances, its metrics, and `[proxy]` (replaced on reload,
 /// read once per request).
@@ -198,6 +199,14 @@ fn endpoint(path: &str) -> usize {
     }
 }
 
+/// Where an endpoint's streamed events put generated text.
+fn text_key(endpoint: usize) -> TextKey {
+    match ENDPOINTS.get(endpoint) {
+        Some(&"completions" | &"messages") => TextKey::Text,
+        _ => TextKey::Content,
+    }
+}
+
 /// `GET /v1/models`: every instance the caller may use as a model, with its state.
 async fn models<T: HasProxy>(
     State(s): S<T>,
@@ -297,6 +306,7 @@ pub async fn model_request(s: &Proxy, req: Request, caller: Arc<dyn Caller>) -> 
     // between it being made ready and the request reaching it.
     let in_flight = handle.begin();
     let timeout = cfg.start_timeout.get();
+    let queued = Instant::now();
     if let Err(e) = s
         .instances
         .ensure_ready(&handle, timeout, caller.clone())
@@ -314,6 +324,7 @@ pub async fn model_request(s: &Proxy, req: Request, caller: Arc<dyn Caller>) -> 
         endpoint: endpoint(parts.uri.path()),
         started,
         usage: caller.usage(),
+        model: Some((model, queued.elapsed().as_secs_f64())),
         _held: held,
     };
     send(s, out, &parts.method, &parts.headers, path_and_query, bytes).await
@@ -379,6 +390,7 @@ async fn direct<T: HasProxy>(
         endpoint: DIRECT,
         started,
         usage: caller.0.usage(),
+        model: None,
         _held: held,
     };
     send(s, out, &parts.method, &parts.headers, &pq, bytes).await
@@ -390,6 +402,9 @@ struct Outgoing {
     endpoint: usize,
     started: Instant,
     usage: Option<Arc<dyn KeyUsage>>,
+    /// A model request's `model` field and the seconds it waited for its instance to be
+    /// ready (`None` for a direct request: its model is the instance's own).
+    model: Option<(String, f64)>,
     /// The body's bytes of `max_buffered_bytes`, given back once the request is sent.
     _held: intake::Held,
 }
@@ -407,6 +422,7 @@ async fn send(
         endpoint,
         started,
         usage,
+        model,
         _held,
     } = out;
     let cfg = s.config();
@@ -417,6 +433,14 @@ async fn send(
     let handle = in_flight.handle();
     let name = handle.name();
     let series = s.series(handle);
+    let llm = match &model {
+        Some((m, queued)) => {
+            let llm = series.llm(m);
+            llm.queue.observe(*queued);
+            llm
+        }
+        None => series.llm(name),
+    };
     let target = handle.target();
     let Some(addr) = target.addr.as_deref() else {
         return op_error(OpError::NotFound(format!("instance {name:?} has no port")));
@@ -452,6 +476,7 @@ async fn send(
                 _in_flight: Some(in_flight),
                 usage,
                 idle_timeout: cfg.backend_idle_timeout.get(),
+                llm: Some((llm, text_key(endpoint))),
             },
         ),
         Err(e @ upstream::UpstreamError::HeadTimeout(_)) => {

@@ -1,5 +1,12 @@
 //! Token counts from backend responses, without buffering streams: a JSON body's `usage` (and
-//! llama.cpp's `timings`), or the same in the `data:` events of an SSE stream.
+//! llama.cpp's `timings`), or the same in the `data:` events of an SSE stream; and in a stream,
+//! which events carry generated text (for time to first token and inter-token latency).
+//!
+//! Per SSE event the scanner does one forward search for the text's key (`content":` or
+//! `"text":`), which stops a few dozen bytes in on a token event; only events that carry no
+//! text (the role chunk, the final usage chunk, `[DONE]`) are searched for `usage`. A token
+//! event that also carried counts (vLLM's `continuous_usage_stats`) is not read for them: the
+//! stream's final usage chunk has the totals.
 //!
 //! This runs on every proxied request, so it avoids building a `serde_json::Value` of the whole
 //! answer (that was 6% of the proxy's CPU): a text that does not mention `"usage"` or `"timings"`
@@ -105,26 +112,62 @@ impl Usage {
 /// Longest SSE line kept across chunks; a longer one is not scanned (it is still forwarded).
 const MAX_LINE: usize = 4 << 20;
 
+/// Where a stream's events put generated text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TextKey {
+    /// `"content":"…"` — chat completions, llama.cpp's `/completion` and `/infill`; also
+    /// matches `"reasoning_content":"…"`, whose tokens are generated text too.
+    #[default]
+    Content,
+    /// `"text":"…"` — completions, and Anthropic's `/v1/messages` (`text_delta`).
+    Text,
+}
+
+static CONTENT: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"content\":"));
+static TEXT: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\"text\":"));
+
+impl TextKey {
+    fn finder(self) -> &'static memmem::Finder<'static> {
+        match self {
+            TextKey::Content => &CONTENT,
+            TextKey::Text => &TEXT,
+        }
+    }
+}
+
 /// Scans an SSE byte stream event by event; only keeps the incomplete last line.
 #[derive(Default)]
 pub struct SseScanner {
     line: Vec<u8>,
     overlong: bool,
+    key: TextKey,
     pub usage: Usage,
 }
 
 impl SseScanner {
-    pub fn feed(&mut self, mut chunk: &[u8]) {
+    pub fn new(key: TextKey) -> Self {
+        Self {
+            key,
+            ..Self::default()
+        }
+    }
+
+    /// Scans the next piece of the stream; returns how many events that carry generated text
+    /// ended in it.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> u32 {
+        let mut texts = 0u32;
         while let Some(i) = memchr(b'\n', chunk) {
             let (head, rest) = (&chunk[..i], &chunk[i + 1..]);
             if self.line.is_empty() && !self.overlong {
                 // The whole line is in this chunk: scan it in place.
-                data_line(&mut self.usage, head);
+                texts += u32::from(self.data_line(head));
             } else {
                 self.keep(head);
                 let line = std::mem::take(&mut self.line);
                 if !std::mem::take(&mut self.overlong) {
-                    data_line(&mut self.usage, &line);
+                    texts += u32::from(self.data_line(&line));
                 }
                 // Reuse the allocation for the next split line.
                 self.line = line;
@@ -133,6 +176,31 @@ impl SseScanner {
             chunk = rest;
         }
         self.keep(chunk);
+        texts
+    }
+
+    /// One line: true for a `data:` event with generated text; an event without is read for
+    /// token counts.
+    fn data_line(&mut self, line: &[u8]) -> bool {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return false;
+        };
+        let data = data.trim_ascii();
+        if data.first() != Some(&b'{') {
+            return false;
+        }
+        let key = self.key.finder();
+        if let Some(i) = key.find(data) {
+            // A non-empty string value: `"content":null`, `"content":""` or `"content":[`
+            // carry no text.
+            let value = data[i + key.needle().len()..].trim_ascii_start();
+            if value.first() == Some(&b'"') && value.get(1).is_some_and(|b| *b != b'"') {
+                return true;
+            }
+        }
+        self.usage.absorb_json(data);
+        false
     }
 
     fn keep(&mut self, part: &[u8]) {
@@ -144,16 +212,6 @@ impl SseScanner {
             self.line.clear();
         } else {
             self.line.extend_from_slice(part);
-        }
-    }
-}
-
-fn data_line(usage: &mut Usage, line: &[u8]) {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if let Some(data) = line.strip_prefix(b"data:") {
-        let data = data.trim_ascii();
-        if data.first() == Some(&b'{') {
-            usage.absorb_json(data);
         }
     }
 }
@@ -234,15 +292,42 @@ mod tests {
         let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\r\n\r\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
         for size in [1, 7, 64, stream.len()] {
             let mut s = SseScanner::default();
-            for piece in stream.as_bytes().chunks(size) {
-                s.feed(piece);
-            }
+            let texts: u32 = stream.as_bytes().chunks(size).map(|p| s.feed(p)).sum();
+            assert_eq!(texts, 1);
             assert_eq!(
                 (s.usage.prompt, s.usage.completion),
                 (5, 3),
                 "chunks of {size}"
             );
         }
+    }
+
+    #[test]
+    fn text_events_are_counted_and_not_mistaken() {
+        let chat = concat!(
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":null}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hmm\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\": \"Hi\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"\\\"content\\\":\\\"\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{}}],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":3}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        for size in [1, 5, 64, chat.len()] {
+            let mut s = SseScanner::new(TextKey::Content);
+            let n: u32 = chat.as_bytes().chunks(size).map(|c| s.feed(c)).sum();
+            assert_eq!(n, 3, "chunks of {size}");
+            assert_eq!((s.usage.prompt, s.usage.completion), (4, 3));
+        }
+        let completions = concat!(
+            "data: {\"choices\":[{\"text\":\"Hi\",\"index\":0}]}\n\n",
+            "data: {\"choices\":[{\"text\":\"\",\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1}}\n\n",
+        );
+        let mut s = SseScanner::new(TextKey::Text);
+        assert_eq!(s.feed(completions.as_bytes()), 1);
+        assert_eq!((s.usage.prompt, s.usage.completion), (2, 1));
+        let mut s = SseScanner::new(TextKey::Content);
+        assert_eq!(s.feed(completions.as_bytes()), 0, "the other key");
     }
 
     #[test]

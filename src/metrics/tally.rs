@@ -1,0 +1,182 @@
+//! A histogram that takes a request's observations in one step: `Tally` counts them locally
+//! (no atomics, no lock) while a response streams, and `TallyHistogram::add` merges the tally
+//! under one lock when the request ends.
+//!
+//! Why not `prometheus_client`'s `Histogram`: its `observe` takes a mutex, and the
+//! inter-token latency is observed once per streamed token — hundreds of locks per request on
+//! the hottest path, shared by every worker streaming from the same instance. The exposition is
+//! the same classic histogram (`_bucket`, `_sum`, `_count`).
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use std::sync::{Arc, Mutex};
+
+/// Observations made while a request runs, not yet visible on `/metrics`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tally {
+    bounds: &'static [f64],
+    /// One count per bound, then the `+Inf` bucket (not cumulative).
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Tally {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// One observation. A value that is not a finite, non-negative number is ignored (a clock
+    /// step cannot make a negative duration reach the histogram).
+    pub fn observe(&mut self, v: f64) {
+        self.observe_n(v, 1);
+    }
+
+    /// `n` observations of the same value (tokens that arrived together share their interval).
+    pub fn observe_n(&mut self, v: f64, n: u64) {
+        if n == 0 || !v.is_finite() || v < 0.0 {
+            return;
+        }
+        let i = self.bounds.partition_point(|b| *b < v);
+        self.counts[i] = self.counts[i].saturating_add(n);
+        self.sum += v * n as f64;
+        self.count = self.count.saturating_add(n);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Upper bound and count per bucket, the last bound `+Inf`, as the encoder
+    /// expects them.
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+/// The shared histogram a `Tally` is merged into.
+#[derive(Clone, Debug)]
+pub struct TallyHistogram {
+    bounds: &'static [f64],
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl TallyHistogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        let buckets = bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .map(|b| (b, 0))
+            .collect();
+        Self {
+            bounds,
+            inner: Arc::new(Mutex::new(Inner {
+                buckets,
+                sum: 0.0,
+                count: 0,
+            })),
+        }
+    }
+
+    /// An empty tally with this histogram's bounds.
+    pub fn tally(&self) -> Tally {
+        Tally::new(self.bounds)
+    }
+
+    /// One observation straight away (for series observed once per request).
+    pub fn observe(&self, v: f64) {
+        let mut t = self.tally();
+        t.observe(v);
+        self.add(&t);
+    }
+
+    /// Merges a request's observations. A tally made for other bounds is ignored.
+    pub fn add(&self, t: &Tally) {
+        if t.is_empty() || !std::ptr::eq(t.bounds, self.bounds) && t.bounds != self.bounds {
+            return;
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (slot, n) in g.buckets.iter_mut().zip(&t.counts) {
+            slot.1 = slot.1.saturating_add(*n);
+        }
+        g.sum += t.sum;
+        g.count = g.count.saturating_add(t.count);
+    }
+
+    /// `(sum, count, cumulative bucket counts)`, for tests.
+    pub fn get(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut acc = 0;
+        let cumulative = g
+            .buckets
+            .iter()
+            .map(|(b, n)| {
+                acc += n;
+                (*b, acc)
+            })
+            .collect();
+        (g.sum, g.count, cumulative)
+    }
+}
+
+impl TypedMetric for TallyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for TallyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        encoder.encode_histogram::<NoLabelSet>(g.sum, g.count, &g.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::registry::Registry;
+
+    const B: &[f64] = &[0.1, 1.0];
+
+    #[test]
+    fn a_tally_lands_in_the_same_buckets_as_single_observations() {
+        let h = TallyHistogram::new(B);
+        let mut t = h.tally();
+        for v in [0.05, 0.1, 0.5, 2.0] {
+            t.observe(v);
+        }
+        t.observe_n(0.2, 3);
+        t.observe(-1.0);
+        t.observe(f64::NAN);
+        h.add(&t);
+        h.observe(0.01);
+        let (sum, count, buckets) = h.get();
+        assert_eq!(count, 8);
+        assert!((sum - (0.05 + 0.1 + 0.5 + 2.0 + 0.6 + 0.01)).abs() < 1e-9);
+        assert_eq!(buckets, vec![(0.1, 3), (1.0, 7), (f64::INFINITY, 8)]);
+        let mut r = Registry::default();
+        r.register("x_seconds", "x", h);
+        let mut s = String::new();
+        encode(&mut s, &r).expect("encode");
+        assert!(s.contains("x_seconds_bucket{le=\"0.1\"} 3"), "{s}");
+        assert!(s.contains("x_seconds_bucket{le=\"+Inf\"} 8"), "{s}");
+        assert!(s.contains("x_seconds_count 8"), "{s}");
+    }
+}
