@@ -58,10 +58,7 @@ impl Usage {
     /// nothing left over, only when the keys are members of the outer object, and saves
     /// skipping over the generated text. Otherwise the whole text is parsed.
     pub fn absorb_json(&mut self, text: &[u8]) {
-        let start = match (
-            memmem::rfind(text, b"\"usage\""),
-            memmem::rfind(text, b"\"timings\""),
-        ) {
+        let start = match (USAGE.find(text), TIMINGS.find(text)) {
             (Some(u), Some(t)) => u.min(t),
             (Some(k), None) | (None, Some(k)) => k,
             (None, None) => return,
@@ -123,6 +120,11 @@ pub enum TextKey {
     Text,
 }
 
+// Searchers built once: building one per search cost more than the search on an event.
+static USAGE: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+static TIMINGS: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\"timings\""));
 static CONTENT: std::sync::LazyLock<memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memmem::Finder::new(b"content\":"));
 static TEXT: std::sync::LazyLock<memmem::Finder<'static>> =
