@@ -18,8 +18,10 @@ pub mod access;
 pub mod build;
 pub mod http;
 pub mod process;
+pub mod profiling;
 pub mod proxy;
 pub mod resources;
+pub mod runtime;
 
 pub use self::process::ProcessCollector;
 pub use self::resources::ResourceCollector;
@@ -113,6 +115,9 @@ pub struct Metrics {
     pub proxy: proxy::ProxyMetrics,
     pub access: access::AccessMetrics,
     pub http: http::HttpMetrics,
+    /// The daemon's tokio runtimes and long-lived tasks (`llamactl_runtime_*`, the task dump).
+    pub runtimes: runtime::Runtimes,
+    pub profiling: profiling::ProfilingMetrics,
 }
 
 /// The API request families, left out of a scrape when `api_performance` is off.
@@ -191,6 +196,10 @@ impl Metrics {
         let proxy = proxy::ProxyMetrics::register(llamactl);
         let access = access::AccessMetrics::register(llamactl);
         let http = http::HttpMetrics::register(llamactl);
+        let runtimes = runtime::Runtimes::default();
+        llamactl.register_collector(Box::new(runtime::RuntimeCollector(runtimes.clone())));
+        let profiling = profiling::ProfilingMetrics::default();
+        llamactl.register_collector(Box::new(profiling::ProfilingCollector(profiling.clone())));
 
         Metrics {
             registry,
@@ -201,6 +210,8 @@ impl Metrics {
             proxy,
             access,
             http,
+            runtimes,
+            profiling,
         }
     }
 
