@@ -16,10 +16,12 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's start-up options (the prefixed build reads `_rjem_malloc_conf`): profiling
 /// compiled in but not sampling (`prof_active:false`) until `[debug] pprof_enabled` turns it
-/// on; then one sample per 2^19 bytes (512 KiB) allocated on average.
+/// on; then one sample per 2^19 bytes (512 KiB) allocated on average. `thp:never`: no
+/// transparent huge pages for its arenas (each touched 2 MiB would be resident; mimalloc had
+/// made the daemon 26 MB idle and 87 MB at 100 instances that way, bench/README.md).
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19\0";
+pub static malloc_conf: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19,thp:never\0";
 
 fn main() -> ExitCode {
     let args = DaemonArgs::parse();

@@ -167,7 +167,10 @@ fn the_debug_port_stays_local_and_pyroscope_is_checked() {
     for (text, key) in [
         ("[debug]\npprof_host = \"0.0.0.0\"\n", "debug.pprof_host"),
         ("[debug]\npprof_host = \"10.0.0.5\"\n", "debug.pprof_host"),
-        ("[debug]\npprof_host = \"pprof.example\"\n", "debug.pprof_host"),
+        (
+            "[debug]\npprof_host = \"pprof.example\"\n",
+            "debug.pprof_host",
+        ),
         ("[debug]\npprof_port = 0\n", "debug.pprof_port"),
         (
             "[debug]\npprof_enabled = true\npprof_port = 8080\n",

@@ -15,6 +15,40 @@ pub const FREQUENCY: i32 = 99;
 /// inside them can deadlock); their samples are dropped.
 const BLOCKLIST: &[&str] = &["libc", "libgcc", "pthread", "vdso"];
 
+/// Removes the sampler's own frames from a stack (leaf first): the unwinder, pprof-rs's
+/// `catch_unwind` around it, the SIGPROF handler and the kernel's signal trampoline, so the
+/// leaf is the code that was running (without this every sample's leaf is `backtrace::…::trace`).
+pub fn drop_handler_frames(frames: &mut pprof::Frames) {
+    let named = |f: &Vec<pprof::Symbol>, needles: &[&str]| {
+        f.iter().any(|s| {
+            let n = s.name();
+            needles.iter().any(|x| n.contains(x))
+        })
+    };
+    let sampler = frames.frames.iter().position(|f| {
+        named(
+            f,
+            &["pprof::backtrace::Trace>::trace", "perf_signal_handler"],
+        )
+    });
+    let Some(i) = sampler else { return };
+    frames.frames.drain(..=i);
+    const HANDLER: &[&str] = &[
+        "AssertUnwindSafe",
+        "__rust_try",
+        "catch_unwind",
+        "perf_signal_handler",
+        "__restore_rt",
+    ];
+    while frames
+        .frames
+        .first()
+        .is_some_and(|f| f.is_empty() || named(f, HANDLER))
+    {
+        frames.frames.remove(0);
+    }
+}
+
 /// Why a profile was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
@@ -97,7 +131,10 @@ impl CpuProfiler {
         // Resolving symbols reads the binary's symbol table: blocking work, off the workers.
         // Sampling stops when the guard drops at the end of the closure.
         let encoded = tokio::task::spawn_blocking(move || {
-            let report = guard.report().build();
+            let report = guard
+                .report()
+                .frames_post_processor(drop_handler_frames)
+                .build();
             drop(guard);
             let profile = report
                 .and_then(|r| r.pprof())
