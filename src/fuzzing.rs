@@ -67,7 +67,7 @@ pub fn config(data: &[u8]) {
     let _ = config::restart_only_changes(&Config::default(), &c);
 }
 
-fn durations(c: &Config) -> [(&'static str, Duration); 14] {
+fn durations(c: &Config) -> [(&'static str, Duration); 15] {
     let (s, i, p) = (&c.systemd, &c.instances, &c.proxy);
     [
         ("server.request_timeout", c.server.request_timeout.get()),
@@ -96,6 +96,10 @@ fn durations(c: &Config) -> [(&'static str, Duration); 14] {
             p.response_header_timeout.get(),
         ),
         ("proxy.backend_idle_timeout", p.backend_idle_timeout.get()),
+        (
+            "profiling.pyroscope.upload_interval",
+            c.profiling.pyroscope.upload_interval.get(),
+        ),
     ]
 }
 

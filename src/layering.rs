@@ -7,7 +7,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["config"],
     &["logging", "stats", "systemd", "auth"],
     &["instance", "metrics"],
-    &["proxy", "audit"],
+    &["proxy", "audit", "debug"],
     &["http", "fuzzing"],
     &["daemon", "cli"],
 ];

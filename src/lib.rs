@@ -3,7 +3,8 @@
 //! Layers, each using only those below it (checked by `layering.rs`): `host`/`fsutil` (machine
 //! facts, atomic files) → `config` → `stats` (cgroup and procfs readers), `systemd` (the manager
 //! over D-Bus), `auth`, `logging` → `instance` (specs, units, supervisor), `metrics` → `proxy`
-//! (the OpenAI-compatible front door), `audit` → `http` (routes, guard) → `daemon` (wires it
+//! (the OpenAI-compatible front door), `audit`, `debug` (the pprof debug port, continuous
+//! profiling) → `http` (routes, guard) → `daemon` (wires it
 //! together under systemd's notify protocol) and `cli` (the `llamactl` client). The binaries in
 //! `src/bin/` are thin.
 
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod debug;
 pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -15,6 +15,7 @@ mod limits; // the HTTP server's connection limits: header timeout, max connecti
 mod operations; // instance operations run to completion: a client leaving, 202 after request_timeout
 mod packaging; // packaging/check.sh
 mod plain_process; // llamactld as a plain process, no systemd: stderr logs, no bus, the socket
+mod profiling; // the pprof debug port read by go tool pprof, runtime metrics, Pyroscope pushes
 mod proxy; // the OpenAI-compatible proxy in front of real llama-servers
 mod resources; // /metrics against real units' cgroups
 mod security; // (a directory) access control: keys, the admin socket, browsers, policy, unit hardening

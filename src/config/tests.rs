@@ -163,6 +163,63 @@ fn validation_errors_name_the_key() {
 }
 
 #[test]
+fn the_debug_port_stays_local_and_pyroscope_is_checked() {
+    for (text, key) in [
+        ("[debug]\npprof_host = \"0.0.0.0\"\n", "debug.pprof_host"),
+        ("[debug]\npprof_host = \"10.0.0.5\"\n", "debug.pprof_host"),
+        (
+            "[debug]\npprof_host = \"pprof.example\"\n",
+            "debug.pprof_host",
+        ),
+        ("[debug]\npprof_port = 0\n", "debug.pprof_port"),
+        (
+            "[debug]\npprof_enabled = true\npprof_port = 8080\n",
+            "debug.pprof_port",
+        ),
+        (
+            "[profiling]\nenabled = true\n",
+            "profiling.pyroscope.server_address",
+        ),
+        (
+            "[profiling.pyroscope]\nserver_address = \"https://pyro:4040\"\n",
+            "profiling.pyroscope.server_address",
+        ),
+        (
+            "[profiling.pyroscope]\nserver_address = \"pyro:4040\"\n",
+            "profiling.pyroscope.server_address",
+        ),
+        (
+            "[profiling.pyroscope]\napplication_name = \"a b\"\n",
+            "profiling.pyroscope.application_name",
+        ),
+        (
+            "[profiling.pyroscope]\nupload_interval = \"500ms\"\n",
+            "profiling.pyroscope.upload_interval",
+        ),
+        (
+            "[profiling.pyroscope]\nupload_interval = \"301s\"\n",
+            "profiling.pyroscope.upload_interval",
+        ),
+    ] {
+        let e = load_text(text).unwrap_err().to_string();
+        assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+    }
+    let https = load_text("[profiling.pyroscope]\nserver_address = \"https://p\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(https.contains("https is not supported"), "{https}");
+    for ok in [
+        "[debug]\npprof_enabled = true\n",
+        "[debug]\npprof_host = \"::1\"\n",
+        "[debug]\npprof_host = \"0.0.0.0\"\npprof_allow_remote = true\n",
+        "[profiling]\nenabled = true\n[profiling.pyroscope]\nserver_address = \"http://127.0.0.1:4040/\"\nauth_token = \"t0k3n\"\nupload_interval = \"2s\"\n",
+    ] {
+        let l = load_text(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert!(l.warnings.is_empty(), "{ok}: {:?}", l.warnings);
+    }
+}
+
+#[test]
 fn unimplemented_features_warn() {
     let l = load_text("[telemetry]\nenabled = true\n").unwrap();
     assert_eq!(l.warnings.len(), 1);

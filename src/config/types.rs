@@ -246,11 +246,17 @@ pub struct OtlpConfig {
     pub headers: BTreeMap<String, Secret>,
 }
 
+/// `[debug]`: the pprof-compatible debug port (`src/debug/`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DebugConfig {
     pub pprof_enabled: bool,
     pub pprof_port: u16,
+    /// The debug port's listen address: loopback unless `pprof_allow_remote`.
+    pub pprof_host: String,
+    /// Lets `pprof_host` be an address other machines reach (profiles and task dumps show the
+    /// daemon's internals and cost CPU; the port has no authentication).
+    pub pprof_allow_remote: bool,
 }
 
 impl Default for DebugConfig {
@@ -258,10 +264,13 @@ impl Default for DebugConfig {
         Self {
             pprof_enabled: false,
             pprof_port: 6060,
+            pprof_host: "127.0.0.1".into(),
+            pprof_allow_remote: false,
         }
     }
 }
 
+/// `[profiling]`: continuous CPU profiles pushed to Pyroscope (`src/debug/pyroscope.rs`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProfilingConfig {
@@ -272,9 +281,13 @@ pub struct ProfilingConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PyroscopeConfig {
+    /// `http://host[:port][/prefix]`; `/ingest` is appended.
     pub server_address: String,
     pub application_name: String,
+    /// Sent as `Authorization: Bearer …`; never logged.
     pub auth_token: Option<Secret>,
+    /// The length of each profile pushed (one push per interval).
+    pub upload_interval: HumanDuration,
 }
 
 impl Default for PyroscopeConfig {
@@ -283,6 +296,7 @@ impl Default for PyroscopeConfig {
             server_address: String::new(),
             application_name: "llamactl".into(),
             auth_token: None,
+            upload_interval: HumanDuration::secs(10),
         }
     }
 }

@@ -339,6 +339,7 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
     }
 
     validate_auth(c, &invalid)?;
+    validate_profiling(c, &invalid)?;
 
     let mut warnings = Vec::new();
     if !c.auth.require_management_auth {
@@ -353,16 +354,6 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
         c.telemetry.enabled,
         "telemetry.enabled",
         "OTLP trace export is not implemented in this version",
-    );
-    unsupported(
-        c.debug.pprof_enabled,
-        "debug.pprof_enabled",
-        "pprof is a Go facility; profile llamactld with `perf record -p $(pidof llamactld)`",
-    );
-    unsupported(
-        c.profiling.enabled,
-        "profiling.enabled",
-        "continuous profiling (Pyroscope) is not implemented in this version",
     );
     Ok(warnings)
 }
@@ -412,6 +403,83 @@ fn validate_auth(
             Some(h) => {
                 parse_digest(h).map_err(|e| invalid(&format!("{key}.hash"), e))?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// `[debug]` and `[profiling]`: the debug port stays on loopback unless explicitly opened up,
+/// and the Pyroscope address is a plain `http://` URL (there is no TLS client in the daemon).
+fn validate_profiling(
+    c: &Config,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let d = &c.debug;
+    let host = d.pprof_host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<IpAddr>().is_err() && host != "localhost" {
+        return Err(invalid(
+            "debug.pprof_host",
+            format!("{:?} is not an IP address (or \"localhost\")", d.pprof_host),
+        ));
+    }
+    if d.pprof_port == 0 {
+        return Err(invalid("debug.pprof_port", "must be 1-65535".into()));
+    }
+    if !is_loopback(&d.pprof_host) && !d.pprof_allow_remote {
+        return Err(invalid(
+            "debug.pprof_host",
+            format!("{:?} is reachable from other machines: the debug port has no authentication and its profiles show the daemon's internals; keep it on 127.0.0.1 (and use an SSH tunnel), or set pprof_allow_remote = true if you really mean it", d.pprof_host),
+        ));
+    }
+    if d.pprof_enabled
+        && d.pprof_port == c.server.port
+        && (d.pprof_host == c.server.host
+            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()))
+    {
+        return Err(invalid(
+            "debug.pprof_port",
+            format!("{} is [server] port", d.pprof_port),
+        ));
+    }
+    let p = &c.profiling.pyroscope;
+    let name = &p.application_name;
+    let name_ok = (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !name_ok && (c.profiling.enabled || !name.is_empty()) {
+        return Err(invalid(
+            "profiling.pyroscope.application_name",
+            format!(
+                "{:?} must be 1-128 letters, digits, '.', '_' or '-'",
+                p.application_name
+            ),
+        ));
+    }
+    let interval = p.upload_interval.get();
+    if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300))
+        .contains(&interval)
+    {
+        return Err(invalid(
+            "profiling.pyroscope.upload_interval",
+            format!("{} is not between 1s and 300s", p.upload_interval),
+        ));
+    }
+    if c.profiling.enabled || !p.server_address.is_empty() {
+        let authority = p
+            .server_address
+            .strip_prefix("http://")
+            .map(|rest| rest.split('/').next().unwrap_or_default());
+        if authority.is_none_or(|a| split_authority(a).is_none()) {
+            let why = if p.server_address.starts_with("https://") {
+                "https is not supported (the daemon has no TLS client): push to a local Pyroscope or Grafana Alloy over http"
+            } else {
+                "must be an http:// URL such as \"http://pyroscope:4040\""
+            };
+            return Err(invalid(
+                "profiling.pyroscope.server_address",
+                format!("{:?}: {why}", p.server_address),
+            ));
         }
     }
     Ok(())

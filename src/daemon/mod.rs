@@ -180,9 +180,23 @@ async fn serve(
         detach.spawn(op);
     }));
     let app = http::app(state.clone());
+    // Every runtime is listed for `llamactl_runtime_*` and the debug port's task dump.
+    let runtimes = state.metrics.runtimes.clone();
+    runtimes.add("main", tokio::runtime::Handle::current());
     // Kept-alive backend connections are per worker thread; so is their sweep.
-    let on_worker: http::serve::OnWorker = Arc::new(|| {
-        tokio::spawn(crate::proxy::idle_sweeper());
+    let worker_runtimes = runtimes.clone();
+    let on_worker: http::serve::OnWorker = Arc::new(move || {
+        let name = std::thread::current()
+            .name()
+            .and_then(|n| n.strip_prefix("llamactld-"))
+            .unwrap_or("http")
+            .to_string();
+        worker_runtimes.add(&name, tokio::runtime::Handle::current());
+        let listed = worker_runtimes.task("proxy idle-connection sweep", &name);
+        tokio::spawn(async move {
+            let _listed = listed;
+            crate::proxy::idle_sweeper().await
+        });
     });
     // Every HTTP worker beats twice per watchdog interval; the ping waits on all of them.
     let beat_every = notify::watchdog_interval()
@@ -213,6 +227,33 @@ async fn serve(
         workers = cfg.server.worker_threads(),
         "serving"
     );
+    // The tasks this function starts that live until shutdown, listed for the task dump.
+    let _listed = [
+        runtimes.task("HTTP acceptor", "main"),
+        runtimes.task("systemd monitor", "main"),
+        runtimes.task("instance supervisor and idle stopper", "main"),
+        runtimes.task("audit retry and key flush timers", "main"),
+    ];
+    // `[debug]` and `[profiling]`: one CPU profiler for both.
+    let cpu = crate::debug::cpu::CpuProfiler::new(shutdown_rx.clone());
+    if cfg.debug.pprof_enabled {
+        crate::debug::start(
+            &cfg.debug,
+            cpu.clone(),
+            runtimes.clone(),
+            shutdown_rx.clone(),
+        )
+        .await;
+    }
+    if cfg.profiling.enabled {
+        crate::debug::pyroscope::spawn(
+            cfg.profiling.pyroscope.clone(),
+            cpu,
+            state.metrics.profiling.clone(),
+            &runtimes,
+            shutdown_rx.clone(),
+        );
+    }
 
     // READY=1 once the listener is bound and the manager has answered. If it does not answer
     // within `ready_timeout`, report READY anyway with a degraded status: the API and the health

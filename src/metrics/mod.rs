@@ -19,8 +19,10 @@ pub mod build;
 pub mod http;
 pub mod llm;
 pub mod process;
+pub mod profiling;
 pub mod proxy;
 pub mod resources;
+pub mod runtime;
 pub mod tally;
 
 pub use self::process::ProcessCollector;
@@ -115,6 +117,9 @@ pub struct Metrics {
     pub proxy: proxy::ProxyMetrics,
     pub access: access::AccessMetrics,
     pub http: http::HttpMetrics,
+    /// The daemon's tokio runtimes and long-lived tasks (`llamactl_runtime_*`, the task dump).
+    pub runtimes: runtime::Runtimes,
+    pub profiling: profiling::ProfilingMetrics,
 }
 
 /// The API request families, left out of a scrape when `api_performance` is off.
@@ -193,6 +198,10 @@ impl Metrics {
         let proxy = proxy::ProxyMetrics::register(llamactl);
         let access = access::AccessMetrics::register(llamactl);
         let http = http::HttpMetrics::register(llamactl);
+        let runtimes = runtime::Runtimes::default();
+        llamactl.register_collector(Box::new(runtime::RuntimeCollector(runtimes.clone())));
+        let profiling = profiling::ProfilingMetrics::default();
+        llamactl.register_collector(Box::new(profiling::ProfilingCollector(profiling.clone())));
 
         Metrics {
             registry,
@@ -203,6 +212,8 @@ impl Metrics {
             proxy,
             access,
             http,
+            runtimes,
+            profiling,
         }
     }
 
