@@ -21,7 +21,7 @@ KEEP=${LLAMACTL_VM_KEEP:-}
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 
 # Every check the run must report, in order: the host's, then the guest's (guest/checks.sh).
-HOST_CHECKS=(deb-build deb-build-upgrade fake-backend-build itest-build lintian vm-boot)
+HOST_CHECKS=(deb-build deb-symbols deb-build-upgrade fake-backend-build itest-build lintian vm-boot)
 GUEST_CHECKS=(
     guest-systemd-cgroup2 install service-enabled-active api-health-200 journal-has-daemon-lines
     system-health-layout-v2 shared-files-installed config-command-backend instance-started
@@ -137,6 +137,22 @@ if [[ -n $deb_old ]]; then
     hnote "deb: $(basename "$deb_old") ($(stat -c %s "$deb_old") bytes)"
 else
     hcheck_fail deb-build "dpkg-buildpackage failed: $(tail -n 2 "$tmp/build-old.log" | tr '\n' ' ')"
+fi
+# The packaged daemon keeps its symbol table: its CPU and heap profiles name functions from it
+# (debian/rules, override_dh_strip). The client is stripped as usual.
+if [[ -n $deb_old ]]; then
+    mkdir -p "$tmp/deb-x"
+    dpkg-deb -x "$deb_old" "$tmp/deb-x"
+    own=$(nm "$tmp/deb-x/usr/bin/llamactld" 2>/dev/null | grep -c 'llamactl.*proxy' || true)
+    client=$(nm "$tmp/deb-x/usr/bin/llamactl" 2>/dev/null | wc -l)
+    if ((own > 0 && client == 0)); then
+        hcheck_ok deb-symbols
+        hnote "llamactld: $own symbols of llamactl's proxy module; llamactl stripped"
+    else
+        hcheck_fail deb-symbols "llamactld has $own proxy symbols (want > 0); llamactl has $client (want 0)"
+    fi
+else
+    hcheck_fail deb-symbols "no .deb"
 fi
 
 if [[ -n $deb_old ]]; then
