@@ -8,7 +8,8 @@
 //! ```
 //!
 //! - stdout (one flushed line each; under systemd it goes to the journal):
-//!   `fake_backend: listening on HOST:PORT model=NAME`, then `fake_backend: <METHOD> <PATH>` per request.
+//!   `fake_backend: listening on HOST:PORT model=NAME`, then `fake_backend: <METHOD> <PATH>` per request
+//!   (with ` traceparent=<value>` when the request carried one).
 //! - `GET /health`: `503 {"error":{"message":"Loading model"}}` until `--ready-after` has elapsed,
 //!   then `200 {"status":"ok"}`. Like llama-server, every other endpoint also answers that 503 while
 //!   "loading".
@@ -199,7 +200,18 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response {
 
 /// Logs every request; answers 503 "Loading model" everywhere until ready (as llama-server does).
 async fn log_and_gate(State(st): State<Shared>, req: Request, next: Next) -> Response {
-    say(&format!("{} {}", req.method(), req.uri().path()));
+    match req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(t) => say(&format!(
+            "{} {} traceparent={t}",
+            req.method(),
+            req.uri().path()
+        )),
+        None => say(&format!("{} {}", req.method(), req.uri().path())),
+    }
     if Instant::now() < st.ready_at {
         return loading();
     }

@@ -41,5 +41,8 @@ fn main() {
         }
         completion += s.usage.completion;
     }
-    println!("{} events per stream, {completion} completion tokens", events.len());
+    println!(
+        "{} events per stream, {completion} completion tokens",
+        events.len()
+    );
 }

@@ -5,7 +5,7 @@
 pub const LAYERS: &[&[&str]] = &[
     &["host", "fsutil"],
     &["config"],
-    &["logging", "stats", "systemd", "auth"],
+    &["logging", "stats", "systemd", "auth", "telemetry"],
     &["instance", "metrics"],
     &["proxy", "audit", "debug"],
     &["http", "fuzzing"],

@@ -26,3 +26,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod stats;
 pub mod systemd;
+pub mod telemetry;

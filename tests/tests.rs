@@ -21,3 +21,4 @@ mod resources; // /metrics against real units' cgroups
 mod security; // (a directory) access control: keys, the admin socket, browsers, policy, unit hardening
 mod service; // llamactld as a service from the shipped unit: notify, watchdog, reload, bus loss
 mod soak; // mixed load for LLAMACTL_SOAK_SECS (60): rss, fds, threads, series must stay flat
+mod telemetry; // OpenTelemetry traces to a real OTLP receiver (HTTP and gRPC): spans, parents, sampling, a dead collector

@@ -220,10 +220,61 @@ fn the_debug_port_stays_local_and_pyroscope_is_checked() {
 }
 
 #[test]
-fn unimplemented_features_warn() {
-    let l = load_text("[telemetry]\nenabled = true\n").unwrap();
-    assert_eq!(l.warnings.len(), 1);
-    assert!(l.warnings[0].contains("telemetry.enabled"));
+fn telemetry_needs_an_http_endpoint_and_sendable_headers() {
+    let err = |text: &str| match load_text(text) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("accepted: {text}"),
+    };
+    let on = "[telemetry]\nenabled = true\n";
+    assert!(err(on).contains("telemetry.otlp.endpoint"), "required");
+    let e = err(&format!(
+        "{on}[telemetry.otlp]\nendpoint = \"https://otlp.example:4318\"\n"
+    ));
+    assert!(e.contains("https is not supported"), "{e}");
+    let e = err(&format!(
+        "{on}[telemetry.otlp]\nendpoint = \"localhost\"\nprotocol = \"grpc\"\n"
+    ));
+    assert!(e.contains("not an http:// URL"), "{e}");
+    let e = err(&format!(
+        "{on}[telemetry.otlp]\nendpoint = \"http://c:4317\"\nprotocol = \"http/json\"\n"
+    ));
+    assert!(e.contains("protocol"), "{e}");
+    let e = err(&format!("{on}[telemetry.otlp]\nendpoint = \"http://c:4318\"\n[telemetry.otlp.headers]\n\"x y\" = \"v\"\n"));
+    assert!(e.contains("telemetry.otlp.headers.x y"), "{e}");
+    let e = err(&format!("{on}[telemetry.otlp]\nendpoint = \"http://c:4318\"\n[telemetry.otlp.headers]\nauthorization = \"top\\nsecret\"\n"));
+    assert!(e.contains("cannot carry") && !e.contains("secret"), "{e}");
+    assert!(err("[telemetry]\nsampling_rate = 1.5\n").contains("telemetry.sampling_rate"));
+    let ok = load_text(&format!(
+        "{on}[telemetry.otlp]\nendpoint = \"http://127.0.0.1:4318\"\n"
+    ))
+    .unwrap();
+    assert!(ok.warnings.is_empty(), "{:?}", ok.warnings);
+    assert_eq!(
+        ok.config.telemetry.otlp.effective_endpoint().0,
+        "http://127.0.0.1:4318/v1/traces"
+    );
+}
+
+#[test]
+fn the_seeds_jaeger_endpoint_goes_to_jaegers_otlp_receiver() {
+    // monitoring.md's example, as TOML.
+    let l = load_text("[telemetry]\nenabled = true\nsampling_rate = 0.1\n[telemetry.otlp]\nendpoint = \"http://jaeger:14268/api/traces\"\n").unwrap();
+    assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+    assert!(
+        l.warnings[0].contains("http://jaeger:4318/v1/traces"),
+        "{}",
+        l.warnings[0]
+    );
+    let mut o = l.config.telemetry.otlp.clone();
+    assert_eq!(o.effective_endpoint().0, "http://jaeger:4318/v1/traces");
+    o.protocol = OtlpProtocol::Grpc;
+    assert_eq!(o.effective_endpoint().0, "http://jaeger:4317");
+    o.endpoint = "http://collector:4318/custom/traces".into();
+    o.protocol = OtlpProtocol::HttpProtobuf;
+    assert_eq!(
+        o.effective_endpoint(),
+        ("http://collector:4318/custom/traces".into(), None)
+    );
 }
 
 #[test]

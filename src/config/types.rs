@@ -241,9 +241,66 @@ impl Default for TelemetryConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OtlpConfig {
+    /// The collector: for `http/protobuf` a base URL (`/v1/traces` is added when it has no
+    /// path) or the full traces URL; for `grpc` the `http://host:port` of the gRPC receiver.
     pub endpoint: String,
+    pub protocol: OtlpProtocol,
     /// Sent with every export (e.g. an `authorization` header); never logged.
     pub headers: BTreeMap<String, Secret>,
+}
+
+/// OTLP's transports, named as `OTEL_EXPORTER_OTLP_PROTOCOL` names them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+impl OtlpProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+            OtlpProtocol::Grpc => "grpc",
+        }
+    }
+}
+
+impl OtlpConfig {
+    /// The URL spans are sent to, and a note when it is not the one configured: Jaeger's
+    /// Thrift collector (`:14268/api/traces`, as the seed's example has it) takes no OTLP, so
+    /// that endpoint is sent to the same host's OTLP receiver (`:4318/v1/traces`, or `:4317`
+    /// with `grpc`), which Jaeger has served since 1.35.
+    pub fn effective_endpoint(&self) -> (String, Option<String>) {
+        let e = self.endpoint.trim();
+        let (scheme, rest) = e.split_once("://").unwrap_or(("http", e));
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h, Some(p)),
+            _ => (authority, None),
+        };
+        let grpc = self.protocol == OtlpProtocol::Grpc;
+        if port == Some("14268") && path.trim_end_matches('/') == "/api/traces" {
+            let url = if grpc {
+                format!("{scheme}://{host}:4317")
+            } else {
+                format!("{scheme}://{host}:4318/v1/traces")
+            };
+            let note = format!(
+                "[telemetry.otlp] endpoint {e} is Jaeger's Thrift collector, which takes no OTLP; spans go to the same host's OTLP receiver, {url}"
+            );
+            return (url, Some(note));
+        }
+        if !grpc && path.trim_end_matches('/').is_empty() {
+            return (format!("{scheme}://{authority}/v1/traces"), None);
+        }
+        (e.to_string(), None)
+    }
 }
 
 /// `[debug]`: the pprof-compatible debug port (`src/debug/`).

@@ -345,17 +345,70 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
     if !c.auth.require_management_auth {
         warnings.push("`auth.require_management_auth` is false: anyone who can reach the TCP listener can run instances".to_string());
     }
-    let mut unsupported = |on: bool, key: &str, what: &str| {
-        if on {
-            warnings.push(format!("`{key}` is set but {what}; the setting is ignored"));
-        }
-    };
-    unsupported(
-        c.telemetry.enabled,
-        "telemetry.enabled",
-        "OTLP trace export is not implemented in this version",
-    );
+    if let Some(note) = validate_telemetry(c, &invalid)? {
+        warnings.push(note);
+    }
     Ok(warnings)
+}
+
+/// `[telemetry]` when enabled: an `http://` endpoint the exporter can use, header names and
+/// values that can be sent. Returns the note about a rewritten (Jaeger Thrift) endpoint.
+fn validate_telemetry(
+    c: &Config,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<String>, ConfigError> {
+    let t = &c.telemetry;
+    if !t.enabled {
+        return Ok(None);
+    }
+    if !cfg!(feature = "otlp") {
+        return Err(invalid(
+            "telemetry.enabled",
+            "this llamactld was built without OTLP export (cargo feature `otlp`)".into(),
+        ));
+    }
+    let e = t.otlp.endpoint.trim();
+    if e.is_empty() {
+        return Err(invalid(
+            "telemetry.otlp.endpoint",
+            "is required when telemetry is enabled (e.g. \"http://localhost:4318\" for http/protobuf, \"http://localhost:4317\" for grpc)".into(),
+        ));
+    }
+    if e.starts_with("https://") {
+        return Err(invalid(
+            "telemetry.otlp.endpoint",
+            "https is not supported (the exporter has no TLS client): send to a local OpenTelemetry Collector or agent over http, and let it forward with TLS".into(),
+        ));
+    }
+    let (url, note) = t.otlp.effective_endpoint();
+    match url.parse::<axum::http::Uri>() {
+        Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+        _ => {
+            return Err(invalid(
+                "telemetry.otlp.endpoint",
+                format!("{e:?} is not an http:// URL"),
+            ))
+        }
+    }
+    for (k, v) in &t.otlp.headers {
+        let key = format!("telemetry.otlp.headers.{k}");
+        if axum::http::HeaderName::try_from(k.as_str()).is_err()
+            || k.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            return Err(invalid(
+                &key,
+                "is not a valid header name (lowercase letters, digits, `-`)".into(),
+            ));
+        }
+        if axum::http::HeaderValue::try_from(v.expose()).is_err() {
+            // The value is a secret: say what is wrong, never what it is.
+            return Err(invalid(
+                &key,
+                "has characters a header value cannot carry".into(),
+            ));
+        }
+    }
+    Ok(note)
 }
 
 fn validate_auth(

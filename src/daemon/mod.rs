@@ -83,6 +83,21 @@ async fn serve(
     }
     let cfg = loaded.config.clone();
 
+    // `[telemetry]`: traces. A collector the exporter cannot be built for is said and traces
+    // stay off; the daemon serves regardless (a dead collector is counted, not fatal).
+    #[cfg(feature = "otlp")]
+    let traces = if cfg.telemetry.enabled {
+        match crate::telemetry::export::install(&cfg.telemetry) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                error!(component = "telemetry", error = %e, "traces are off");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let state_dir = cfg.state_dir(&env);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -347,6 +362,11 @@ async fn serve(
             records = waiting,
             "audit records could not be written before stopping"
         );
+    }
+    // The spans of the last requests and operations, sent (within a few seconds).
+    #[cfg(feature = "otlp")]
+    if let Some(t) = traces {
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
     }
     drained
 }

@@ -56,6 +56,8 @@ impl Detacher {
     {
         self.running.fetch_add(1, Ordering::AcqRel);
         let running = Running(self.clone());
+        // The operation stays in the trace of the request that asked for it.
+        let op = crate::telemetry::in_current(op);
         self.runtime.spawn(async move {
             let _running = running;
             op.await

@@ -2,6 +2,7 @@
 //! the raw path), so a scanner probing random URLs cannot blow up label cardinality.
 
 use super::AppState;
+use crate::telemetry;
 use axum::body::Body;
 use axum::extract::{MatchedPath, State};
 use axum::http::{HeaderValue, Method, Request};
@@ -36,8 +37,19 @@ pub async fn observe(
     // `MatchedPath` and `HeaderValue` clone by reference count.
     let route = req.extensions().get::<MatchedPath>().cloned();
     let request_id = req.headers().get("x-request-id").cloned();
-    let res = next.run(req).await;
+    let span = server_span(&req, method, route.as_ref());
+    let res = span.run(next.run(req)).await;
     let route = route.as_ref().map_or(UNMATCHED, |r| r.as_str());
+    if span.is_recording() {
+        let status = res.status().as_u16();
+        span.set(telemetry::Attr::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 500 {
+            span.fail(format!("HTTP {status}"));
+        }
+    }
     record(
         &state,
         method,
@@ -47,6 +59,30 @@ pub async fn observe(
         request_id.as_ref(),
     );
     res
+}
+
+/// An API request's trace span (HTTP semantic conventions: named `{method} {route}` after the
+/// route template, never the raw path); empty unless traces are on and it is sampled.
+fn server_span(
+    req: &Request<Body>,
+    method: &str,
+    route: Option<&MatchedPath>,
+) -> telemetry::OpSpan {
+    if !telemetry::enabled() {
+        return telemetry::OpSpan::default();
+    }
+    let name = match route {
+        Some(r) => format!("{method} {}", r.as_str()),
+        None => method.to_string(),
+    };
+    let mut attrs = vec![
+        telemetry::Attr::new("http.request.method", method.to_string()),
+        telemetry::Attr::new("url.path", req.uri().path().to_string()),
+    ];
+    if let Some(r) = route {
+        attrs.push(telemetry::Attr::new("http.route", r.as_str().to_string()));
+    }
+    telemetry::OpSpan::server(name, req.headers(), attrs)
 }
 
 /// Counts one request in the API metrics and logs it at debug level.

@@ -199,7 +199,12 @@ impl Supervisor {
         info!(llamactl_instance = %victim, for_instance = name, "evicting the least recently used instance (max_running)");
         // Its desired state becomes "stopped": a daemon restart does not bring it back (it
         // still starts on demand).
-        let stopped = self.stop_locked(&victim).await;
+        let span = self.op_span("instance.evict", &victim, None);
+        span.set(crate::telemetry::Attr::new(
+            "instance.evicted_for",
+            name.to_string(),
+        ));
+        let stopped = self.traced(span, self.stop_locked(&victim)).await;
         if let Some(h) = self.hook() {
             h.evicted(
                 &victim,

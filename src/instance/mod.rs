@@ -20,6 +20,7 @@ pub mod supervisor;
 mod table;
 #[cfg(test)]
 mod tests;
+mod trace;
 
 pub use runtime::State;
 pub use supervisor::{OpError, Rights, Settings, Supervisor};

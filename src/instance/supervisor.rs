@@ -11,6 +11,7 @@ use super::runtime::Health;
 use super::spec::{self, DesiredState, InstanceOptions, InstanceSpec};
 use super::store::{Corrupt, Store};
 use super::table::{target_of, Entry, Table};
+use super::trace;
 use crate::config::{BackendsConfig, InstancesConfig};
 use crate::systemd::manager::UnitManager;
 use crate::systemd::transient::TransientService;
@@ -260,6 +261,8 @@ impl Supervisor {
     }
 
     pub(super) fn spawn_op(&self, op: futures_util::future::BoxFuture<'static, ()>) {
+        // The operation stays in the caller's trace (a proxied request's on-demand start).
+        let op = crate::telemetry::in_current(op);
         match self.spawner.get() {
             Some(s) => s(op),
             None => {
@@ -285,7 +288,12 @@ impl Supervisor {
         }
     }
 
-    pub async fn create(&self, name: &str, mut options: InstanceOptions) -> Result<Value, OpError> {
+    pub async fn create(&self, name: &str, options: InstanceOptions) -> Result<Value, OpError> {
+        let span = self.op_span("instance.create", name, Some(&options));
+        self.traced(span, self.create_op(name, options)).await
+    }
+
+    async fn create_op(&self, name: &str, mut options: InstanceOptions) -> Result<Value, OpError> {
         spec::validate_name(name).map_err(OpError::BadRequest)?;
         let settings = self.settings();
         options
@@ -339,7 +347,12 @@ impl Supervisor {
     }
 
     /// Replaces the options; a running instance is restarted with them (as upstream does).
-    pub async fn update(&self, name: &str, mut options: InstanceOptions) -> Result<Value, OpError> {
+    pub async fn update(&self, name: &str, options: InstanceOptions) -> Result<Value, OpError> {
+        let span = self.op_span("instance.update", name, Some(&options));
+        self.traced(span, self.update_op(name, options)).await
+    }
+
+    async fn update_op(&self, name: &str, mut options: InstanceOptions) -> Result<Value, OpError> {
         spec::validate_name(name).map_err(OpError::BadRequest)?;
         let _op = self.ops.lock().await;
         let (old_port, running) = {
@@ -385,6 +398,11 @@ impl Supervisor {
 
     /// Stops the unit (if any), then removes the spec: never a spec-less running unit.
     pub async fn delete(&self, name: &str) -> Result<(), OpError> {
+        let span = self.op_span("instance.delete", name, None);
+        self.traced(span, self.delete_op(name)).await
+    }
+
+    async fn delete_op(&self, name: &str) -> Result<(), OpError> {
         spec::validate_name(name).map_err(OpError::BadRequest)?;
         let _op = self.ops.lock().await;
         if !self.table().instances.contains_key(name) {
@@ -395,9 +413,13 @@ impl Supervisor {
         // the instance again when the daemon comes back.
         self.set_desired(name, DesiredState::Stopped)?;
         let unit = spec::unit_name(name);
-        m.stop(&unit, self.settings().instances.job_timeout.get())
-            .await
-            .map_err(|e| unit_error(e, format!("stopping {unit}")))?;
+        trace::job(
+            "stop",
+            &unit,
+            m.stop(&unit, self.settings().instances.job_timeout.get()),
+        )
+        .await
+        .map_err(|e| unit_error(e, format!("stopping {unit}")))?;
         m.reset_failed(&unit)
             .await
             .map_err(|e| unit_error(e, format!("resetting {unit}")))?;
@@ -415,20 +437,33 @@ impl Supervisor {
     /// A start on behalf of someone with limited rights (an inference key's on-demand start).
     pub async fn start_with(&self, name: &str, rights: Rights) -> Result<Value, OpError> {
         spec::validate_name(name).map_err(OpError::BadRequest)?;
-        let _op = self.ops.lock().await;
-        self.start_locked(name, rights).await?;
-        self.get(name)
+        let span = self.op_span("instance.start", name, None);
+        self.traced(span, async {
+            let _op = self.ops.lock().await;
+            self.start_locked(name, rights).await?;
+            self.get(name)
+        })
+        .await
     }
 
     pub async fn stop(&self, name: &str) -> Result<Value, OpError> {
         spec::validate_name(name).map_err(OpError::BadRequest)?;
-        let _op = self.ops.lock().await;
-        self.stop_locked(name).await?;
-        self.get(name)
+        let span = self.op_span("instance.stop", name, None);
+        self.traced(span, async {
+            let _op = self.ops.lock().await;
+            self.stop_locked(name).await?;
+            self.get(name)
+        })
+        .await
     }
 
     pub async fn restart(&self, name: &str) -> Result<Value, OpError> {
         spec::validate_name(name).map_err(OpError::BadRequest)?;
+        let span = self.op_span("instance.restart", name, None);
+        self.traced(span, self.restart_op(name)).await
+    }
+
+    async fn restart_op(&self, name: &str) -> Result<Value, OpError> {
         let _op = self.ops.lock().await;
         if !self.table().instances.contains_key(name) {
             return Err(not_found(name));
@@ -526,9 +561,19 @@ impl Supervisor {
         // stopped. A start that fails puts it back.
         let was = spec.desired_state;
         self.set_desired(name, DesiredState::Running)?;
-        let started = m
-            .start_transient(&plan, self.settings().instances.job_timeout.get())
-            .await;
+        let started = trace::job(
+            "start",
+            &plan.unit,
+            m.start_transient(&plan, self.settings().instances.job_timeout.get()),
+        )
+        .await;
+        if started.is_ok() {
+            if let Some(span) = trace::wait_ready_span(name) {
+                if let Some(e) = self.table().instances.get_mut(name) {
+                    e.wait_ready = Some(span);
+                }
+            }
+        }
         let _ = self.refresh(name).await;
         match started {
             Ok(()) => {
@@ -560,9 +605,12 @@ impl Supervisor {
     async fn stop_unit(&self, name: &str) -> Result<(), OpError> {
         let m = self.manager()?;
         let unit = spec::unit_name(name);
-        let stopped = m
-            .stop(&unit, self.settings().instances.job_timeout.get())
-            .await;
+        let stopped = trace::job(
+            "stop",
+            &unit,
+            m.stop(&unit, self.settings().instances.job_timeout.get()),
+        )
+        .await;
         if stopped.is_ok() {
             let _ = m.reset_failed(&unit).await;
         }

@@ -43,6 +43,8 @@ pub(super) struct Entry {
     pub handle: Arc<Handle>,
     pub on_demand_starts: u64,
     pub evictions: u64,
+    /// A traced start's `instance.wait_ready` span, until the instance is ready or gave up.
+    pub wait_ready: Option<crate::telemetry::OpSpan>,
 }
 
 impl Entry {
@@ -55,6 +57,7 @@ impl Entry {
             last_error: None,
             on_demand_starts: 0,
             evictions: 0,
+            wait_ready: None,
         }
     }
 
@@ -70,7 +73,11 @@ impl Entry {
         if let Some(h) = health {
             self.health = h;
         }
-        self.handle.set_ready(self.state() == State::Ready);
+        let state = self.state();
+        self.handle.set_ready(state == State::Ready);
+        if self.wait_ready.is_some() {
+            super::trace::settle_wait_ready(&mut self.wait_ready, state);
+        }
     }
 }
 

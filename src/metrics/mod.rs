@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod resources;
 pub mod runtime;
 pub mod tally;
+pub mod telemetry;
 
 pub use self::process::ProcessCollector;
 pub use self::resources::ResourceCollector;
@@ -202,6 +203,7 @@ impl Metrics {
         llamactl.register_collector(Box::new(runtime::RuntimeCollector(runtimes.clone())));
         let profiling = profiling::ProfilingMetrics::default();
         llamactl.register_collector(Box::new(profiling::ProfilingCollector(profiling.clone())));
+        llamactl.register_collector(Box::new(telemetry::TelemetryCollector));
 
         Metrics {
             registry,

@@ -40,6 +40,8 @@ pub struct Watch {
     pub idle_timeout: Duration,
     /// The (instance, model) LLM latency series, and where the endpoint's events put text.
     pub llm: Option<(std::sync::Arc<LlmSeries>, TextKey)>,
+    /// The request's trace span, ended here with the status and token usage.
+    pub span: crate::telemetry::OpSpan,
 }
 
 /// The `status` label of a response cut off because the backend went silent mid-body.
@@ -150,6 +152,25 @@ impl Tap {
             }
             if usage.completion > 0 {
                 llm.completion_tokens.observe(usage.completion as f64);
+            }
+        }
+        if w.span.is_recording() {
+            use crate::telemetry::Attr;
+            w.span
+                .set(Attr::new("http.response.status_code", i64::from(status)));
+            if usage.prompt > 0 || usage.completion > 0 {
+                w.span
+                    .set(Attr::new("gen_ai.usage.input_tokens", usage.prompt as i64));
+                w.span.set(Attr::new(
+                    "gen_ai.usage.output_tokens",
+                    usage.completion as i64,
+                ));
+            }
+            if status == CLIENT_GONE {
+                w.span
+                    .fail("the client went away before the response ended");
+            } else if status >= 500 {
+                w.span.fail(format!("HTTP {status}"));
             }
         }
         if usage.prompt > 0 || usage.completion > 0 {
@@ -360,6 +381,7 @@ mod tests {
         std::mem::forget(series.clone());
         let watch = Watch {
             llm: Some((series.llm("t"), TextKey::Content)),
+            span: crate::telemetry::OpSpan::default(),
             series,
             endpoint: 0,
             started: Instant::now(),

@@ -16,6 +16,7 @@ use crate::instance::handle::{Handle, InFlight};
 use crate::instance::{OpError, Rights, Supervisor};
 use crate::metrics::proxy::InstanceSeries;
 use crate::metrics::proxy::ProxyMetrics;
+use crate::telemetry;
 use axum::extract::{Extension, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -199,6 +200,32 @@ fn endpoint(path: &str) -> usize {
     }
 }
 
+/// The span of a model request (OpenTelemetry GenAI: named `{operation} {model}`), a child
+/// of the client's `traceparent`; empty unless traces are on and the trace is sampled.
+fn model_span(parts: &axum::http::request::Parts, model: &str) -> telemetry::OpSpan {
+    if !telemetry::enabled() {
+        return telemetry::OpSpan::default();
+    }
+    let endpoint = endpoint(parts.uri.path());
+    let operation = match ENDPOINTS.get(endpoint) {
+        Some(&"chat_completions" | &"messages") => "chat",
+        Some(&"completions" | &"infill") => "text_completion",
+        Some(&"embeddings") => "embeddings",
+        Some(&"rerank") => "rerank",
+        _ => "other",
+    };
+    telemetry::OpSpan::server(
+        format!("{operation} {model}"),
+        &parts.headers,
+        vec![
+            telemetry::Attr::new("gen_ai.operation.name", operation),
+            telemetry::Attr::new("gen_ai.request.model", model.to_string()),
+            telemetry::Attr::new("http.request.method", parts.method.as_str().to_string()),
+            telemetry::Attr::new("http.route", parts.uri.path().to_string()),
+        ],
+    )
+}
+
 /// Where an endpoint's streamed events put generated text.
 fn text_key(endpoint: usize) -> TextKey {
     match ENDPOINTS.get(endpoint) {
@@ -290,11 +317,13 @@ pub async fn model_request(s: &Proxy, req: Request, caller: Arc<dyn Caller>) -> 
             )
         }
     };
+    let span = model_span(&parts, &model);
     let Some(handle) = s
         .instances
         .route(&model)
         .filter(|h| caller.may_use(h.name()))
     else {
+        span.fail("model_not_found");
         return oai_error(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -307,11 +336,15 @@ pub async fn model_request(s: &Proxy, req: Request, caller: Arc<dyn Caller>) -> 
     let in_flight = handle.begin();
     let timeout = cfg.start_timeout.get();
     let queued = Instant::now();
-    if let Err(e) = s
-        .instances
-        .ensure_ready(&handle, timeout, caller.clone())
+    span.set(telemetry::Attr::new(
+        "llamactl.instance",
+        handle.name().to_string(),
+    ));
+    if let Err(e) = span
+        .run(s.instances.ensure_ready(&handle, timeout, caller.clone()))
         .await
     {
+        span.fail(e.to_string());
         return op_error(e);
     }
     let path_and_query = parts
@@ -325,6 +358,7 @@ pub async fn model_request(s: &Proxy, req: Request, caller: Arc<dyn Caller>) -> 
         started,
         usage: caller.usage(),
         model: Some((model, queued.elapsed().as_secs_f64())),
+        span,
         _held: held,
     };
     send(s, out, &parts.method, &parts.headers, path_and_query, bytes).await
@@ -391,6 +425,7 @@ async fn direct<T: HasProxy>(
         started,
         usage: caller.0.usage(),
         model: None,
+        span: telemetry::OpSpan::default(),
         _held: held,
     };
     send(s, out, &parts.method, &parts.headers, &pq, bytes).await
@@ -405,6 +440,8 @@ struct Outgoing {
     /// A model request's `model` field and the seconds it waited for its instance to be
     /// ready (`None` for a direct request: its model is the instance's own).
     model: Option<(String, f64)>,
+    /// The request's trace span (empty unless traced), ended with the response's last byte.
+    span: telemetry::OpSpan,
     /// The body's bytes of `max_buffered_bytes`, given back once the request is sent.
     _held: intake::Held,
 }
@@ -423,6 +460,7 @@ async fn send(
         started,
         usage,
         model,
+        span,
         _held,
     } = out;
     let cfg = s.config();
@@ -445,13 +483,15 @@ async fn send(
     let Some(addr) = target.addr.as_deref() else {
         return op_error(OpError::NotFound(format!("instance {name:?} has no port")));
     };
-    let head = match upstream::encode_head(
+    let traceparent = span.traceparent();
+    let head = match upstream::encode_head_traced(
         method,
         path_and_query,
         headers,
         addr,
         body.len(),
         target.backend_key.as_deref(),
+        traceparent.as_deref(),
     ) {
         Ok(h) => h,
         Err(e) => {
@@ -477,10 +517,13 @@ async fn send(
                 usage,
                 idle_timeout: cfg.backend_idle_timeout.get(),
                 llm: Some((llm, text_key(endpoint))),
+                span,
             },
         ),
         Err(e @ upstream::UpstreamError::HeadTimeout(_)) => {
             series.observe(endpoint, 504, started.elapsed().as_secs_f64(), None);
+            span.set(telemetry::Attr::new("http.response.status_code", 504));
+            span.fail(e.to_string());
             oai_error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "server_error",
@@ -490,6 +533,8 @@ async fn send(
         }
         Err(e) => {
             series.observe(endpoint, 502, started.elapsed().as_secs_f64(), None);
+            span.set(telemetry::Attr::new("http.response.status_code", 502));
+            span.fail(e.to_string());
             oai_error(
                 StatusCode::BAD_GATEWAY,
                 "server_error",

@@ -23,7 +23,9 @@ pub(crate) mod head;
 
 use axum::http::{Method, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
-pub use head::{encode_head, Head};
+#[cfg(test)]
+pub use head::encode_head;
+pub use head::{encode_head_traced, Head};
 use head::{parse_head, Framing};
 use hyper::body::{Frame, SizeHint};
 use std::cell::RefCell;

@@ -34,6 +34,7 @@ fn passed_on_request(name: &str) -> bool {
 /// client's end-to-end headers, and `backend_key` (the instance's own `api_key`, when it has
 /// one) as its bearer token. A target that is not one origin-form token (a space or control
 /// byte would end the request line early) is refused.
+#[cfg(test)]
 pub fn encode_head(
     method: &Method,
     path_and_query: &str,
@@ -41,6 +42,28 @@ pub fn encode_head(
     addr: &str,
     body_len: usize,
     backend_key: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    encode_head_traced(
+        method,
+        path_and_query,
+        headers,
+        addr,
+        body_len,
+        backend_key,
+        None,
+    )
+}
+
+/// `encode_head`, with the proxy's own `traceparent` in place of the client's when the request
+/// is traced (the backend's spans become children of the proxy's; `tracestate` passes on).
+pub fn encode_head_traced(
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    addr: &str,
+    body_len: usize,
+    backend_key: Option<&str>,
+    traceparent: Option<&str>,
 ) -> Result<Vec<u8>, String> {
     if !path_and_query.starts_with('/') || path_and_query.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(format!(
@@ -55,7 +78,7 @@ pub fn encode_head(
     h.extend_from_slice(addr.as_bytes());
     h.extend_from_slice(b"\r\n");
     for (k, v) in headers {
-        if passed_on_request(k.as_str()) {
+        if passed_on_request(k.as_str()) && !(traceparent.is_some() && k == "traceparent") {
             h.extend_from_slice(k.as_str().as_bytes());
             h.extend_from_slice(b": ");
             h.extend_from_slice(v.as_bytes());
@@ -65,6 +88,11 @@ pub fn encode_head(
     if let Some(k) = backend_key.filter(|k| !k.bytes().any(|b| b < b' ' || b == 0x7f)) {
         h.extend_from_slice(b"authorization: Bearer ");
         h.extend_from_slice(k.as_bytes());
+        h.extend_from_slice(b"\r\n");
+    }
+    if let Some(t) = traceparent.filter(|t| !t.bytes().any(|b| b < b' ' || b == 0x7f)) {
+        h.extend_from_slice(b"traceparent: ");
+        h.extend_from_slice(t.as_bytes());
         h.extend_from_slice(b"\r\n");
     }
     h.extend_from_slice(b"x-forwarded-proto: http\r\n");
