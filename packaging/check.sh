@@ -368,8 +368,16 @@ elif mode == "names":
         "process_start_time_seconds",
         "process_threads",
     }
-    # Not exposed yet: they come with the OpenAI-compatible proxy.
-    WITH_PROXY = {"llamactl_instance_tokens_total", "llamactl_instance_tokens_per_second"}
+    # And every series of the golden end-to-end /metrics files (the proxy's, the LLM latency
+    # histograms' _bucket/_sum/_count, ...), which the unit tests keep equal to what the
+    # daemon renders.
+    import glob, os
+    for golden in glob.glob(os.path.join(os.path.dirname(os.path.abspath(path)), "..", "..", "tests", "fixtures", "metrics", "*.prom")):
+        with open(golden) as f:
+            for line in f:
+                if line[:1] not in ("#", "\n", ""):
+                    EXPOSED.add(re.split(r"[{ ]", line, 1)[0])
+    WITH_PROXY = set()
     used = set()
     for where, expr in list(exprs()) + list(var_queries()):
         for name in NAME.findall(STRINGS.sub('""', expr)):

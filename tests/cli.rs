@@ -42,9 +42,19 @@ fn check_config_accepts_the_shipped_file_and_rejects_bad_ones() {
         "{msg}"
     );
 
-    let (ok, msg) = check_config("[telemetry]\nenabled = true\n", "warn");
+    // The seed's example endpoint (Jaeger's Thrift collector): accepted, with a warning that
+    // says where the spans go instead.
+    let (ok, msg) = check_config(
+        "[telemetry]\nenabled = true\n[telemetry.otlp]\nendpoint = \"http://jaeger:14268/api/traces\"\n",
+        "warn",
+    );
     assert!(ok, "{msg}");
-    assert!(msg.contains("warning: `telemetry.enabled`"), "{msg}");
+    assert!(
+        msg.contains("warning:") && msg.contains("http://jaeger:4318/v1/traces"),
+        "{msg}"
+    );
+    let (ok, msg) = check_config("[telemetry]\nenabled = true\n", "no-endpoint");
+    assert!(!ok && msg.contains("telemetry.otlp.endpoint"), "{msg}");
 }
 
 #[test]

@@ -90,7 +90,12 @@ fn go_pprof_reads_the_cpu_and_heap_profiles_and_the_dump_names_the_runtimes() {
     let load = Load::start(d.port);
     let url = format!("http://localhost:{pport}/debug/pprof/profile");
     let t = std::time::Instant::now();
-    let top = pprof(&dir, &["-top", "-cum", "-seconds", "3", &url]);
+    // `-timeout`: pprof's own is 1.5 x the seconds (+5 s for the head), and the test daemon is
+    // a debug build symbolizing in-process while the rest of the suite loads the machine.
+    let top = pprof(
+        &dir,
+        &["-top", "-cum", "-seconds", "3", "-timeout", "120", &url],
+    );
     drop(load);
     eprintln!(
         "CPU profile of 3 s fetched and read in {:?}:\n{}",
