@@ -1,6 +1,6 @@
 //! A histogram that takes a request's observations in one step: `Tally` counts them locally
-//! (no atomics, no lock) while a response streams, and `TallyHistogram::add` merges the tally
-//! under one lock when the request ends.
+//! (no atomics, no lock, no allocation) while a response streams, and `TallyHistogram::add`
+//! merges the tally with a few atomic adds when the request ends.
 //!
 //! Why not `prometheus_client`'s `Histogram`: its `observe` takes a mutex, and the
 //! inter-token latency is observed once per streamed token — hundreds of locks per request on
@@ -9,14 +9,19 @@
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-/// Observations made while a request runs, not yet visible on `/metrics`.
+/// The most buckets a `Tally` holds (bounds + `+Inf`); longer bound lists are cut here.
+pub const MAX_BUCKETS: usize = 24;
+
+/// Observations made while a request runs, not yet visible on `/metrics`. Inline (no
+/// allocation): one lives in every streamed response.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tally {
     bounds: &'static [f64],
     /// One count per bound, then the `+Inf` bucket (not cumulative).
-    counts: Vec<u64>,
+    counts: [u64; MAX_BUCKETS],
     sum: f64,
     count: u64,
 }
@@ -24,8 +29,8 @@ pub struct Tally {
 impl Tally {
     pub fn new(bounds: &'static [f64]) -> Self {
         Self {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
+            bounds: &bounds[..bounds.len().min(MAX_BUCKETS - 1)],
+            counts: [0; MAX_BUCKETS],
             sum: 0.0,
             count: 0,
         }
@@ -57,37 +62,31 @@ impl Tally {
     }
 }
 
-#[derive(Debug)]
-struct Inner {
-    /// Upper bound and count per bucket, the last bound `+Inf`, as the encoder
-    /// expects them.
-    buckets: Vec<(f64, u64)>,
-    sum: f64,
-    count: u64,
-}
-
-/// The shared histogram a `Tally` is merged into.
+/// The shared histogram a `Tally` is merged into: atomics, no lock, so requests finishing on
+/// different workers at once do not wait for each other.
 #[derive(Clone, Debug)]
 pub struct TallyHistogram {
     bounds: &'static [f64],
-    inner: Arc<Mutex<Inner>>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Per bucket (not cumulative), the last `+Inf`.
+    counts: Vec<AtomicU64>,
+    /// The sum's `f64` bits. (No count of its own: it is the buckets' total.)
+    sum: AtomicU64,
 }
 
 impl TallyHistogram {
     pub fn new(bounds: &'static [f64]) -> Self {
-        let buckets = bounds
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::INFINITY))
-            .map(|b| (b, 0))
-            .collect();
+        let bounds = &bounds[..bounds.len().min(MAX_BUCKETS - 1)];
         Self {
             bounds,
-            inner: Arc::new(Mutex::new(Inner {
-                buckets,
-                sum: 0.0,
-                count: 0,
-            })),
+            inner: Arc::new(Inner {
+                counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum: AtomicU64::new(0f64.to_bits()),
+            }),
         }
     }
 
@@ -98,37 +97,61 @@ impl TallyHistogram {
 
     /// One observation straight away (for series observed once per request).
     pub fn observe(&self, v: f64) {
-        let mut t = self.tally();
-        t.observe(v);
-        self.add(&t);
+        if !v.is_finite() || v < 0.0 {
+            return;
+        }
+        let i = self.bounds.partition_point(|b| *b < v);
+        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.add_sum(v);
+    }
+
+    fn add_sum(&self, v: f64) {
+        let _ = self
+            .inner
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
     }
 
     /// Merges a request's observations. A tally made for other bounds is ignored.
     pub fn add(&self, t: &Tally) {
-        if t.is_empty() || !std::ptr::eq(t.bounds, self.bounds) && t.bounds != self.bounds {
+        if t.is_empty() || t.bounds != self.bounds {
             return;
         }
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        for (slot, n) in g.buckets.iter_mut().zip(&t.counts) {
-            slot.1 = slot.1.saturating_add(*n);
+        for (slot, n) in self.inner.counts.iter().zip(&t.counts) {
+            if *n > 0 {
+                slot.fetch_add(*n, Ordering::Relaxed);
+            }
         }
-        g.sum += t.sum;
-        g.count = g.count.saturating_add(t.count);
+        self.add_sum(t.sum);
+    }
+
+    /// `(sum, per-bucket counts with the last bound +Inf)` as read now.
+    fn read(&self) -> (f64, Vec<(f64, u64)>) {
+        let buckets = self
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(&self.inner.counts)
+            .map(|(b, n)| (b, n.load(Ordering::Relaxed)))
+            .collect();
+        (f64::from_bits(self.inner.sum.load(Ordering::Relaxed)), buckets)
     }
 
     /// `(sum, count, cumulative bucket counts)`, for tests.
     pub fn get(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (sum, buckets) = self.read();
         let mut acc = 0;
-        let cumulative = g
-            .buckets
-            .iter()
+        let cumulative = buckets
+            .into_iter()
             .map(|(b, n)| {
                 acc += n;
-                (*b, acc)
+                (b, acc)
             })
             .collect();
-        (g.sum, g.count, cumulative)
+        (sum, acc, cumulative)
     }
 }
 
@@ -138,8 +161,10 @@ impl TypedMetric for TallyHistogram {
 
 impl EncodeMetric for TallyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        encoder.encode_histogram::<NoLabelSet>(g.sum, g.count, &g.buckets, None)
+        let (sum, buckets) = self.read();
+        // The count from the buckets read, so `_count` always equals the `+Inf` bucket.
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
