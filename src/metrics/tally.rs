@@ -137,7 +137,10 @@ impl TallyHistogram {
             .zip(&self.inner.counts)
             .map(|(b, n)| (b, n.load(Ordering::Relaxed)))
             .collect();
-        (f64::from_bits(self.inner.sum.load(Ordering::Relaxed)), buckets)
+        (
+            f64::from_bits(self.inner.sum.load(Ordering::Relaxed)),
+            buckets,
+        )
     }
 
     /// `(sum, count, cumulative bucket counts)`, for tests.
