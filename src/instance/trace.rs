@@ -4,7 +4,7 @@
 //! `instance.wait_ready` (from the started unit to a ready, or failed, instance).
 //! Nothing is made unless traces are on and the trace is sampled (`crate::telemetry`).
 
-use super::spec::{InstanceOptions, InstanceSpec};
+use super::spec::InstanceOptions;
 use super::{OpError, State, Supervisor};
 use crate::systemd::units::UnitError;
 use crate::telemetry::{Attr, OpSpan};
@@ -34,12 +34,15 @@ impl Supervisor {
         if !crate::telemetry::enabled() {
             return OpSpan::default();
         }
-        let spec: Option<InstanceSpec> = match options {
-            Some(_) => None,
-            None => self.table().instances.get(name).map(|e| e.spec.clone()),
+        // The attributes are read under the table's lock: no copy of the spec.
+        let attrs = match options {
+            Some(o) => attrs(name, Some(o)),
+            None => {
+                let t = self.table();
+                attrs(name, t.instances.get(name).map(|e| &e.spec.options))
+            }
         };
-        let options = options.or(spec.as_ref().map(|s| &s.options));
-        OpSpan::start(op, SpanKind::Internal, attrs(name, options))
+        OpSpan::start(op, SpanKind::Internal, attrs)
     }
 
     /// Runs `op` as the span's work and ends the span with its result.

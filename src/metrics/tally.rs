@@ -56,10 +56,6 @@ impl Tally {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
-
-    pub fn count(&self) -> u64 {
-        self.count
-    }
 }
 
 /// The shared histogram a `Tally` is merged into: atomics, no lock, so requests finishing on
