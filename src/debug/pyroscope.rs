@@ -114,7 +114,10 @@ pub fn spawn(
                     continue;
                 }
             };
-            let url = ingest_url(&cfg, &host, from, unix_now());
+            // The profile covers the sampled window, which ends `interval` after `from`; the
+            // clock now also counts the report's symbolization, seconds in a debug build.
+            let until = from.saturating_add(interval.as_secs().max(1));
+            let url = ingest_url(&cfg, &host, from, until);
             match push(&client, &cfg, &url, body).await {
                 Ok(()) => {
                     metrics.ok.inc();
