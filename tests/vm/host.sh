@@ -9,14 +9,14 @@
 #
 # Environment:
 #   LLAMACTL_VM_CACHE    rootfs cache (default /var/cache/llamactl-test/vm)
-#   LLAMACTL_VM_TIMEOUT  hard limit on the guest, seconds (default 900)
+#   LLAMACTL_VM_TIMEOUT  hard limit on the guest, seconds (default 1500: the guest needs ~6 min under TCG on a quiet 2-CPU host, 13 on a loaded one)
 #   LLAMACTL_VM_KEEP     a directory to copy the guest's logs, the console and the build logs to
 set -euo pipefail
 
 repo=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
 vmdir=$repo/tests/vm
 CACHE=${LLAMACTL_VM_CACHE:-/var/cache/llamactl-test/vm}
-LIMIT=${LLAMACTL_VM_TIMEOUT:-900}
+LIMIT=${LLAMACTL_VM_TIMEOUT:-1500}
 KEEP=${LLAMACTL_VM_KEEP:-}
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 
@@ -30,6 +30,7 @@ GUEST_CHECKS=(
     upgrade-instance-not-restarted upgrade-instance-adopted remove remove-instances-stopped
     remove-specs-kept purge purge-no-units purge-no-files purge-no-group
     pure-v2-harness-controllers pure-v2-service-tests pure-v2-resources-tests
+    pure-v2-instances-tests pure-v2-security-tests pure-v2-operations-tests pure-v2-proxy-tests
 )
 
 t0=$SECONDS
@@ -188,7 +189,7 @@ else
     hcheck_fail fake-backend-build "$(tail -n 2 "$tmp/build-fake.log" | tr '\n' ' ')"
 fi
 
-# The integration tests' service:: and resources:: modules, run in the guest on pure cgroup v2
+# The integration tests' systemd modules (guest/checks.sh says which), run in the guest on pure cgroup v2
 # from a delegated scope (tests/harness boots its private systemd there). A debug build like
 # the README's test command, with the paths cargo compiled into it (CARGO_MANIFEST_DIR, the
 # binaries') recreated in the guest by bind mounts: itest/mounts lists "DIR-ON-DATA-DISK
