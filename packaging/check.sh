@@ -60,9 +60,9 @@ else
     printf 'FAIL  promtool not found (apt-get install --no-install-recommends prometheus, or set PROMTOOL)\n'
     failed=$((failed + 1))
 fi
-# Severity, summary, description, runbook_url and docs/runbooks/<alert>.md for every alert, and a
-# test in which it fires and then resolves.
-check "every alert has severity, summary, description, a runbook (docs/runbooks/) and a fire-and-resolve test" \
+# Severity, summary, description, runbook_url and docs/runbooks/<alert>.md for every alert, a
+# test in which it fires and then resolves, and only metric names llamactld exposes.
+check "every alert has severity, summary, description, a runbook (docs/runbooks/) and a fire-and-resolve test; only exposed metrics" \
     python3 packaging/prometheus/check_alerts.py
 
 # --- Alertmanager example ---------------------------------------------------

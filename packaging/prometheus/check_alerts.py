@@ -11,7 +11,10 @@ Every alert in alerts.yml must have
   - a test in alerts_test.yml where it fires (non-empty exp_alerts, each alert of it labelled
     with the alertname's severity) at one eval_time and does not (exp_alerts: []) at a later one.
 And every docs/runbooks/*.md but README.md is the runbook of an alert, every alertname in
-alerts_test.yml is one of alerts.yml. Needs python3-yaml. Exits 1 listing what is wrong.
+alerts_test.yml is one of alerts.yml, and every llamactl_* name in the rules, their tests and the
+runbooks' PromQL is a series of the golden /metrics files (tests/fixtures/metrics/*.prom, which
+the unit tests keep equal to what llamactld renders). Needs python3-yaml. Exits 1 listing what
+is wrong.
 """
 import os
 import re
@@ -87,6 +90,26 @@ try:
             errors.append("docs/runbooks/%s is the runbook of no alert in alerts.yml" % f)
 except OSError as e:
     errors.append("docs/runbooks: %s" % e)
+
+# Metric names: only what llamactld exposes.
+exposed = set()
+golden = os.path.join(repo, "tests", "fixtures", "metrics")
+for f in sorted(os.listdir(golden)):
+    if f.endswith(".prom"):
+        with open(os.path.join(golden, f), encoding="utf-8") as g:
+            exposed.update(re.split(r"[{ ]", line, 1)[0] for line in g if line[:1] not in ("#", "\n"))
+used = [("alerts.yml", r["expr"]) for r in rules]
+with open(os.path.join(here, "alerts_test.yml"), encoding="utf-8") as f:
+    used.append(("alerts_test.yml", f.read()))
+for name in alerts:
+    try:
+        with open(os.path.join(runbooks, name + ".md"), encoding="utf-8") as f:
+            used += [("docs/runbooks/%s.md" % name, b) for b in re.findall(r"```promql\n(.*?)```", f.read(), re.S)]
+    except OSError:
+        pass  # reported above
+for where, text in used:
+    for m in sorted(set(re.findall(r"(?<![\w:])llamactl_[a-z0-9_]+", text)) - exposed):
+        errors.append("%s: %s is not a metric llamactld exposes (tests/fixtures/metrics/*.prom)" % (where, m))
 
 # alertname -> test names in which it fires and later resolves.
 fires_and_resolves = {}
