@@ -3,16 +3,19 @@
 #
 #   bash packaging/check.sh        (from the repository root, or from anywhere)
 #
-# Needs promtool (Debian: apt-get install --no-install-recommends prometheus)
-# and dpkg-dev, make and perl, which a Debian 12 build machine has. rpmspec is
+# Needs promtool (Debian: apt-get install --no-install-recommends prometheus),
+# amtool and prometheus-alertmanager (prometheus-alertmanager), python3 with
+# python3-yaml, and dpkg-dev, make and perl, which a Debian 12 build machine has. rpmspec is
 # used when installed (Debian: apt-get install --no-install-recommends rpm) and
 # skipped otherwise. Every check runs even after a failure; the script exits
-# non-zero if any failed. PROMTOOL=/path/to/promtool overrides the promtool used.
+# non-zero if any failed. PROMTOOL=, AMTOOL= and ALERTMANAGER=/path override the tools used.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PROMTOOL=${PROMTOOL:-promtool}
+AMTOOL=${AMTOOL:-amtool}
+export AMTOOL ALERTMANAGER=${ALERTMANAGER:-prometheus-alertmanager}
 passed=0
 failed=0
 skipped=0
@@ -55,6 +58,30 @@ if command -v "$PROMTOOL" >/dev/null 2>&1; then
         "$PROMTOOL" test rules packaging/prometheus/alerts_test.yml
 else
     printf 'FAIL  promtool not found (apt-get install --no-install-recommends prometheus, or set PROMTOOL)\n'
+    failed=$((failed + 1))
+fi
+# Severity, summary, description, runbook_url and docs/runbooks/<alert>.md for every alert, a
+# test in which it fires and then resolves, and only metric names llamactld exposes.
+check "every alert has severity, summary, description, a runbook (docs/runbooks/) and a fire-and-resolve test; only exposed metrics" \
+    python3 packaging/prometheus/check_alerts.py
+
+# --- Alertmanager example ---------------------------------------------------
+AM=packaging/alertmanager/alertmanager.yml
+# am_route RECEIVER LABEL=VALUE...: an alert with these labels is routed to RECEIVER only.
+am_route() {
+    local want=$1
+    shift
+    "$AMTOOL" config routes test --config.file="$AM" --verify.receivers="$want" "$@"
+}
+if command -v "$AMTOOL" >/dev/null 2>&1 && command -v "$ALERTMANAGER" >/dev/null 2>&1; then
+    check "amtool check-config $AM" "$AMTOOL" check-config "$AM"
+    check "$AM routes severity=critical to slack-critical" am_route slack-critical alertname=InstanceDown severity=critical
+    check "$AM routes severity=warning to slack" am_route slack alertname=HighMemoryUsage severity=warning
+    check "$AM routes an alert without severity to slack" am_route slack alertname=Other
+    check "$AM inhibits instance alerts of a daemon while its LlamactlDown fires (a real Alertmanager)" \
+        bash packaging/alertmanager/test-inhibition.sh
+else
+    printf 'FAIL  amtool or %s not found (apt-get install --no-install-recommends prometheus-alertmanager, or set AMTOOL/ALERTMANAGER)\n' "$ALERTMANAGER"
     failed=$((failed + 1))
 fi
 
@@ -162,6 +189,18 @@ audit_files() {
     fi
 }
 check "the audit catalog and logrotate snippet are installed by both packages and well-formed" audit_files
+
+# The alerts' runbooks (uncompressed: the alerts name them <alertname>.md) and the Alertmanager
+# example, in both packages.
+alert_files() {
+    local d='docs/runbooks/\*\.md' a='packaging/alertmanager/alertmanager\.yml'
+    grep -q "^$a usr/share/llamactl/alertmanager/\$" debian/llamactl.install || { echo "the .deb does not install alertmanager.yml"; return 1; }
+    grep -q "^$d usr/share/doc/llamactl/runbooks/\$" debian/llamactl.install || { echo "the .deb does not install the runbooks"; return 1; }
+    grep -q 'dh_compress .*-Xdoc/llamactl/runbooks/' debian/rules || { echo "dh_compress would compress the runbooks"; return 1; }
+    grep -q "$a %{buildroot}%{_datadir}/%{name}/alertmanager/alertmanager.yml\$" rpm/llamactl.spec || { echo "the RPM does not install alertmanager.yml"; return 1; }
+    grep -q "$d %{buildroot}%{_docdir}/%{name}/runbooks/\$" rpm/llamactl.spec || { echo "the RPM does not install the runbooks"; return 1; }
+}
+check "the runbooks and the Alertmanager example are installed by both packages" alert_files
 
 # --- RPM --------------------------------------------------------------------
 rpm_version() {

@@ -63,7 +63,8 @@ has_files() {
         /usr/lib/sysusers.d/llamactl.conf /usr/lib/systemd/catalog/llamactl.catalog \
         /etc/llamactl/config.toml /etc/logrotate.d/llamactl \
         /usr/share/man/man8/llamactld.8 /usr/share/man/man1/llamactl.1 \
-        /usr/share/bash-completion/completions/llamactl; do
+        /usr/share/bash-completion/completions/llamactl /usr/share/llamactl/alertmanager/alertmanager.yml \
+        /usr/share/doc/llamactl/runbooks/README.md /usr/share/doc/llamactl/runbooks/InstanceDown.md; do
         # Man pages are compressed by the distribution's brp scripts (not on Debian's rpm).
         grep -qxE "$f(\.gz)?" <<<"$files" || missing+=("$f")
     done

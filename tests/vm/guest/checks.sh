@@ -121,7 +121,8 @@ c_layout() {
 c_files() {
     local f missing=()
     for f in /usr/share/llamactl/grafana/llamactl-dashboard.json /usr/share/llamactl/prometheus/alerts.yml \
-        /usr/share/llamactl/prometheus/prometheus.yml /usr/lib/systemd/catalog/llamactl.catalog; do
+        /usr/share/llamactl/prometheus/prometheus.yml /usr/lib/systemd/catalog/llamactl.catalog \
+        /usr/share/llamactl/alertmanager/alertmanager.yml /usr/share/doc/llamactl/runbooks/README.md; do
         dpkg -S "$f" >/dev/null 2>&1 && [[ -s $f ]] || missing+=("$f")
     done
     ((${#missing[@]} == 0)) || { echo "not installed by the package: ${missing[*]}"; return 1; }
@@ -129,6 +130,14 @@ c_files() {
         || { echo "the dashboard has no panels"; return 1; }
     grep -q 'alert: *InstanceDown' /usr/share/llamactl/prometheus/alerts.yml \
         || { echo "alerts.yml has no InstanceDown alert"; return 1; }
+    # Every alert's runbook, uncompressed, under the name its runbook_url gives.
+    local rb rbs
+    rbs=$(grep -o 'runbook_url: "[^"]*"' /usr/share/llamactl/prometheus/alerts.yml | sed 's|.*/||; s|"$||')
+    [[ -n $rbs ]] || { echo "alerts.yml has no runbook_url"; return 1; }
+    for rb in $rbs; do
+        dpkg -S "/usr/share/doc/llamactl/runbooks/$rb" >/dev/null 2>&1 || missing+=("runbooks/$rb")
+    done
+    ((${#missing[@]} == 0)) || { echo "runbooks not installed: ${missing[*]}"; return 1; }
     # The catalog is in journald's database (postinst ran journalctl --update-catalog).
     local id
     id=$(awk '/^-- [0-9a-f]{32}/ { print $2; exit }' /usr/lib/systemd/catalog/llamactl.catalog)
