@@ -202,6 +202,17 @@ alert_files() {
 }
 check "the runbooks and the Alertmanager example are installed by both packages" alert_files
 
+# The dashboard where both packages put it: /usr/share/llamactl/grafana/ (tests/dashboard.rs
+# proves its queries against a real Prometheus; tests/vm/ and rpm-check.sh look in the packages).
+dashboard_installed() {
+    grep -qx 'packaging/grafana/llamactl-dashboard.json usr/share/llamactl/grafana/' debian/llamactl.install \
+        || { echo "debian/llamactl.install does not install the dashboard into usr/share/llamactl/grafana/"; return 1; }
+    grep -q '^install .*packaging/grafana/llamactl-dashboard.json %{buildroot}%{_datadir}/%{name}/grafana/llamactl-dashboard.json$' rpm/llamactl.spec \
+        || { echo "rpm/llamactl.spec does not install the dashboard into %{_datadir}/%{name}/grafana/"; return 1; }
+    grep -qx '%{_datadir}/%{name}' rpm/llamactl.spec || { echo "rpm/llamactl.spec %files does not own %{_datadir}/%{name}"; return 1; }
+}
+check "the Grafana dashboard is installed by both packages (/usr/share/llamactl/grafana/)" dashboard_installed
+
 # --- RPM --------------------------------------------------------------------
 rpm_version() {
     local v

@@ -64,13 +64,25 @@ has_files() {
         /etc/llamactl/config.toml /etc/logrotate.d/llamactl \
         /usr/share/man/man8/llamactld.8 /usr/share/man/man1/llamactl.1 \
         /usr/share/bash-completion/completions/llamactl /usr/share/llamactl/alertmanager/alertmanager.yml \
-        /usr/share/doc/llamactl/runbooks/README.md /usr/share/doc/llamactl/runbooks/InstanceDown.md; do
+        /usr/share/doc/llamactl/runbooks/README.md /usr/share/doc/llamactl/runbooks/InstanceDown.md \
+        /usr/share/llamactl/grafana/llamactl-dashboard.json; do
         # Man pages are compressed by the distribution's brp scripts (not on Debian's rpm).
         grep -qxE "$f(\.gz)?" <<<"$files" || missing+=("$f")
     done
     ((${#missing[@]} == 0)) || { echo "missing: ${missing[*]}"; return 1; }
 }
-check "rpm -qlp: binaries, unit, sysusers, catalog, config, man pages, completions" has_files
+check "rpm -qlp: binaries, unit, sysusers, catalog, config, man pages, completions, dashboard" has_files
+# The packaged dashboard is the source's (the one tests/dashboard.rs evaluates), byte for byte.
+dashboard_same() {
+    local d rc=0
+    d=$(mktemp -d)
+    (cd "$d" && rpm2cpio "$rpm" | cpio -id --quiet ./usr/share/llamactl/grafana/llamactl-dashboard.json) &&
+        tar -xzOf "$top/SOURCES/llamactl-$version.tar.gz" "llamactl-$version/packaging/grafana/llamactl-dashboard.json" |
+        cmp - "$d/usr/share/llamactl/grafana/llamactl-dashboard.json" || rc=1
+    rm -rf "$d"
+    return $rc
+}
+check "the packaged Grafana dashboard is packaging/grafana/llamactl-dashboard.json" dashboard_same
 no_state() {
     ! grep -E '^/var/(lib|log)/llamactl' <<<"$files" || { echo "state/log directories are packaged (StateDirectory= makes them)"; return 1; }
 }

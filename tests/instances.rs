@@ -3,7 +3,6 @@
 use crate::util::sandbox::{sandbox, DaemonUnit, Sandbox};
 use crate::util::{api, fake_backend, free_port, get, http, llama_backend, run, wait_for};
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::Duration;
 
 use crate::util::sandbox::daemon;
@@ -705,75 +704,16 @@ fn prometheus_scrapes_llamactl_and_the_instance(daemon_port: u16, backend_port: 
         "{sd}"
     );
     assert_eq!(sd[0]["labels"]["instance_name"], "smol");
-    let dir = crate::util::scratch("prometheus");
-    let example =
-        std::fs::read_to_string(crate::util::repo().join("packaging/prometheus/prometheus.yml"))
-            .unwrap();
-    let config = example
-        .replace("localhost:8080", &format!("127.0.0.1:{daemon_port}"))
-        .replace("scrape_interval: 15s", "scrape_interval: 1s")
-        .replace("refresh_interval: 30s", "refresh_interval: 1s")
-        .replace(
-            "  - alerts.yml",
-            &format!(
-                "  - {}",
-                crate::util::repo()
-                    .join("packaging/prometheus/alerts.yml")
-                    .display()
-            ),
-        );
-    crate::util::write(&dir.join("prometheus.yml"), &config);
-    let web = free_port();
-    let mut prom = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus not found: install the Debian package `prometheus` (see .ci/run)");
-    let query = |q: &str| -> Value {
-        let path = format!(
-            "/api/v1/query?query={}",
-            q.replace(' ', "%20")
-                .replace('{', "%7B")
-                .replace('}', "%7D")
-                .replace('"', "%22")
-                .replace('=', "%3D")
-                .replace(':', "%3A")
-        );
-        // Prometheus answers 503 (not JSON) until it has started.
-        http("GET", web, &path, &[], b"")
-            .ok()
-            .filter(|r| r.status == 200)
-            .map(|r| r.json())
-            .unwrap_or(Value::Null)
-    };
-    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for(
-            "Prometheus to scrape both jobs",
-            Duration::from_secs(60),
-            || {
-                let ours = query("llamactl_instance_memory_bytes{instance_name=\"smol\"}");
-                let theirs = query("llamacpp:prompt_tokens_total{instance_name=\"smol\",backend_type=\"llama_cpp\"}");
-                let has = |v: &Value| {
-                    v["data"]["result"]
-                        .as_array()
-                        .is_some_and(|a| !a.is_empty())
-                };
-                (has(&ours) && has(&theirs)).then_some(())
-            },
-        )
-    }));
-    let _ = prom.kill();
-    let _ = prom.wait();
-    if let Err(e) = found {
-        std::panic::resume_unwind(e);
-    }
+    let prom = crate::util::prometheus::Prometheus::start("prometheus", daemon_port);
+    wait_for(
+        "Prometheus to scrape both jobs",
+        Duration::from_secs(60),
+        || {
+            let ours = prom.result("llamactl_instance_memory_bytes{instance_name=\"smol\"}");
+            let theirs = prom.result(
+                "llamacpp:prompt_tokens_total{instance_name=\"smol\",backend_type=\"llama_cpp\"}",
+            );
+            (!ours.is_empty() && !theirs.is_empty()).then_some(())
+        },
+    );
 }

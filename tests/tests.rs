@@ -9,6 +9,7 @@ mod util; // HTTP helpers (as the test management key, raw, over the socket), th
 
 mod audit; // (a directory) the audit trail three ways, its failure modes, rate limits, usage per key
 mod cli; // --check-config, help, man pages, client errors
+mod dashboard; // the Grafana dashboard: every panel's expressions return data from a real Prometheus scraping a daemon
 mod drills; // reliability drills: kill -9 under load, bus stopped, full disk, hung backends, connection floods
 mod instances; // instances as transient units: lifecycle, restarts, adoption, CLI
 mod limits; // the HTTP server's connection limits: header timeout, max connections, slowloris

@@ -13,6 +13,7 @@ macro_rules! unit_test {
     };
 }
 
+pub mod prometheus;
 pub mod sandbox;
 
 use std::io::{Read, Write};
