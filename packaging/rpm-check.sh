@@ -62,7 +62,7 @@ has_files() {
     for f in /usr/bin/llamactld /usr/bin/llamactl /usr/lib/systemd/system/llamactl.service \
         /usr/lib/sysusers.d/llamactl.conf /usr/lib/systemd/catalog/llamactl.catalog \
         /etc/llamactl/config.toml /etc/logrotate.d/llamactl \
-        /usr/share/man/man8/llamactld.8 /usr/share/man/man1/llamactl.1 \
+        /usr/share/man/man8/llamactld.8 /usr/share/man/man1/llamactl.1 /usr/share/man/man5/llamactl.toml.5 \
         /usr/share/bash-completion/completions/llamactl; do
         # Man pages are compressed by the distribution's brp scripts (not on Debian's rpm).
         grep -qxE "$f(\.gz)?" <<<"$files" || missing+=("$f")
