@@ -232,9 +232,9 @@ fi
 # --- Inputs the packages take from the tree ---------------------------------
 inputs() {
     local f missing=0
-    for f in units/llamactl.service etc/llamactl/config.toml man/llamactld.8 man/llamactl.1 \
+    for f in units/llamactl.service etc/llamactl/config.toml man/llamactld.8 man/llamactl.1 man/llamactl.toml.5 \
         packaging/sysusers/llamactl.conf packaging/journal/llamactl.catalog packaging/logrotate/llamactl \
-        README.md $(cat debian/llamactl.examples) $(awk '!/^#/ { print $1 }' debian/llamactl.install); do
+        $(cat debian/llamactl.docs) $(cat debian/llamactl.examples) $(awk '!/^#/ { print $1 }' debian/llamactl.install); do
         [ -f "$f" ] || { echo "missing: $f"; missing=1; }
     done
     return $missing

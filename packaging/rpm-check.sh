@@ -62,7 +62,7 @@ has_files() {
     for f in /usr/bin/llamactld /usr/bin/llamactl /usr/lib/systemd/system/llamactl.service \
         /usr/lib/sysusers.d/llamactl.conf /usr/lib/systemd/catalog/llamactl.catalog \
         /etc/llamactl/config.toml /etc/logrotate.d/llamactl \
-        /usr/share/man/man8/llamactld.8 /usr/share/man/man1/llamactl.1 \
+        /usr/share/man/man8/llamactld.8 /usr/share/man/man1/llamactl.1 /usr/share/man/man5/llamactl.toml.5 \
         /usr/share/bash-completion/completions/llamactl /usr/share/llamactl/alertmanager/alertmanager.yml \
         /usr/share/doc/llamactl/runbooks/README.md /usr/share/doc/llamactl/runbooks/InstanceDown.md \
         /usr/share/llamactl/grafana/llamactl-dashboard.json; do

@@ -172,6 +172,37 @@ fn shipped_man_pages_match_the_clap_definitions() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("complete -F"));
 }
 
+/// Every shipped man page renders with no warning at all (`groff -ww` enables them all; `man -l`
+/// runs the same formatter).
+#[test]
+fn man_pages_render_without_warnings() {
+    let mut pages: Vec<_> = std::fs::read_dir(repo().join("man"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    pages.sort();
+    let names: Vec<_> = pages
+        .iter()
+        .map(|p| p.file_name().unwrap().to_owned())
+        .collect();
+    for want in ["llamactl.1", "llamactld.8", "llamactl.toml.5"] {
+        assert!(names.iter().any(|n| n == want), "man/{want} is missing");
+    }
+    for page in &pages {
+        let out = Command::new("groff")
+            .args(["-ww", "-z", "-man"])
+            .arg(page)
+            .output()
+            .expect("groff not found: install the Debian package groff-base (tools/test does)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.is_empty(),
+            "{} renders with warnings:\n{err}",
+            page.display()
+        );
+    }
+}
+
 #[test]
 fn client_reports_an_unreachable_daemon_as_a_chain() {
     // Port 9 (discard) is closed on loopback here.

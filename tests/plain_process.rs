@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// The daemon as a child process, killed if the test ends early (a failed assertion must not
 /// leave a daemon holding its port and socket behind).
-struct Daemon(Child);
+pub(crate) struct Daemon(pub(crate) Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 const DAEMON_AFTER: &str = "\
 Files:
-  /etc/llamactl/config.toml   the config (every key documented in the shipped file)
+  /etc/llamactl/config.toml   the config: every key in llamactl.toml(5) and the shipped file
   /var/lib/llamactl/instances/NAME.json   instance specs (StateDirectory=llamactl)
   /lib/systemd/system/llamactl.service
 
@@ -53,7 +53,7 @@ Journal:
   journalctl -u llamactl -o json                 every field (CODE_FILE, CODE_LINE, ...)
 
 Exit status: 0 after a clean stop; 1 when the config is invalid or the port cannot be bound.
-See also: llamactl(1), systemd.service(5), sd_notify(3).";
+See also: llamactl(1), llamactl.toml(5), systemd.service(5), sd_notify(3).";
 
 const CLIENT_AFTER: &str = "\
 Exit status: 0 success (for `health`: ready and healthy), 1 failure or unhealthy, 2 usage error.
@@ -80,7 +80,7 @@ Examples:
   llamactl audit --since 1h --event instance   what happened to instances in the last hour
   llamactl --url http://10.0.0.5:8080 login    store a key for that daemon (read from stdin)
 
-See also: llamactld(8).";
+See also: llamactld(8), llamactl.toml(5).";
 
 /// Waiting for an instance to be ready.
 #[derive(Debug, clap::Args)]

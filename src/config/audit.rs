@@ -36,17 +36,22 @@ pub enum OnFailure {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
+    /// Record an audit trail of every mutation and authentication event.
     pub enabled: bool,
     /// The JSON-lines file. Unset: `$LOGS_DIRECTORY/audit.log` (systemd's
     /// `LogsDirectory=llamactl`), else `/var/log/llamactl/audit.log`.
     pub log_file: Option<PathBuf>,
     /// The events recorded; by default all of them.
     pub events: Vec<String>,
-    /// Destinations: the journal (with catalogued `MESSAGE_ID=`s), the file, and
-    /// `GET /api/v1/audit` (served from the file).
+    /// Write each record to the journal, with catalogued `MESSAGE_ID=`s (`journalctl -x`
+    /// explains them).
     pub journal: bool,
+    /// Write the JSON-lines file (`log_file`).
     pub file: bool,
+    /// Serve the records on `GET /api/v1/audit` (read from the file).
     pub api: bool,
+    /// When a destination cannot take a record: `deny` refuses the mutation with 503, `allow`
+    /// lets it happen (its record waits in memory).
     pub on_failure: OnFailure,
     /// fsync the file after every event (otherwise it is written, not synced, before the
     /// action's response is sent).

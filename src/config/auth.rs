@@ -18,7 +18,11 @@ pub struct AuthConfig {
     pub require_inference_auth: bool,
     /// `/metrics`, the health endpoints and service discovery need a key.
     pub require_monitoring_auth: bool,
+    /// Allows a non-loopback `host` with `require_inference_auth = false` (inference open to
+    /// the network, deliberately).
     pub allow_unauthenticated_inference: bool,
+    /// Allows `require_management_auth = false` (anyone who reaches the port may start
+    /// processes): for a listener only trusted peers reach.
     pub allow_unauthenticated_management: bool,
     /// Keys provisioned by the operator, by digest (`[[auth.keys]]`).
     pub keys: Vec<KeyConfig>,
@@ -70,7 +74,10 @@ impl Scope {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
+    /// The key's name, as `llamactl keys list`, audit records and metrics show it.
     pub name: String,
+    /// `management` (the REST API, and the other two), `inference` (`/v1/*`, `/infill`) or
+    /// `monitoring` (`/metrics`, health endpoints, service discovery).
     pub scope: Scope,
     /// `sha256:<64 hex digits>` of the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,9 +171,13 @@ pub fn parse_digest(text: &str) -> Result<[u8; 32], String> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
+    /// Rate limiting on or off; unset = on.
     pub enabled: Option<bool>,
+    /// The REST API (management scope).
     pub management: Bucket,
+    /// `/v1/*` and `/infill`; no limit by default (a model server's throughput is its own limit).
     pub inference: Bucket,
+    /// `/metrics`, the health endpoints and service discovery.
     pub monitoring: Bucket,
     /// Failed authentications and logins, per client address: slows down key guessing.
     pub auth: Bucket,
@@ -179,8 +190,12 @@ pub struct RateLimitConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct Bucket {
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Refill rate (0 = no limit). Unset: the group's default, 50 for `management` and
+    /// `monitoring`, 0 for `inference`, 2 for `auth`.
     pub requests_per_second: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Requests allowed at once. Unset: the group's default, 200 for `management` and
+    /// `monitoring`, 20 for `auth`; otherwise twice the rate (at least 1), or none without a rate.
     pub burst: Option<u32>,
 }
 

@@ -6,6 +6,8 @@ pub mod auth;
 mod duration;
 mod env;
 mod live;
+#[cfg(test)]
+mod manpage;
 pub mod reload;
 mod secret;
 pub mod time;

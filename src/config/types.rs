@@ -13,18 +13,33 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The HTTP listener (API, `/metrics`, health endpoints, the proxy) and the admin socket.
     pub server: ServerConfig,
+    /// What `/metrics` serves and how often resource statistics are collected.
     pub monitoring: MonitoringConfig,
+    /// The daemon's own log (the backends' output goes to the journal, per instance unit).
     pub logging: LoggingConfig,
+    /// The audit trail of mutations and authentication events: journal, file and API.
     pub audit: AuditConfig,
+    /// OpenTelemetry traces exported over OTLP.
     pub telemetry: TelemetryConfig,
+    /// The pprof debug port: profiles `go tool pprof` reads, and a dump of the runtime's tasks.
     pub debug: DebugConfig,
+    /// Continuous CPU profiling, pushed to Pyroscope.
     pub profiling: ProfilingConfig,
+    /// The systemd manager that runs the instances as transient units, and the D-Bus connection
+    /// to it.
     pub systemd: SystemdConfig,
+    /// Defaults and limits for instances (each a transient unit `llamactl-NAME.service`).
     pub instances: InstancesConfig,
+    /// How each kind of backend is run.
     pub backends: BackendsConfig,
+    /// The OpenAI-compatible proxy under `/v1`, which routes by the request's `model`.
     pub proxy: ProxyConfig,
+    /// Who may use the API: the admin socket's group and API keys over TCP.
     pub auth: AuthConfig,
+    /// Token buckets per API key, else per client address (IPv6 per /64), per route group;
+    /// the admin socket is exempt. Over the limit: 429 with `Retry-After`.
     pub rate_limit: RateLimitConfig,
 }
 
@@ -33,6 +48,7 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address to listen on. Loopback by default: the API can start processes.
     pub host: String,
+    /// TCP port of the API, `/metrics` and the health endpoints.
     pub port: u16,
     /// Where instance definitions live. Empty = `$STATE_DIRECTORY` (set by systemd's
     /// `StateDirectory=`) or `/var/lib/llamactl`.
@@ -98,8 +114,13 @@ impl Default for ServerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MonitoringConfig {
+    /// Master switch for `/metrics`.
     pub enabled: bool,
+    /// The Prometheus endpoint.
     pub prometheus: PrometheusConfig,
+    /// Metric groups served on `/metrics`: `instance_stats` (per-instance cgroup stats and
+    /// states), `api_performance` (API requests and latency), `system_resources` (host memory,
+    /// CPU, load, disk, network), `gpu` (NVML; add it on GPU hosts).
     pub metrics: Vec<MetricGroup>,
     /// Resource statistics are collected in the background at this interval and scrapes serve
     /// the latest collection (so a scrape costs the same with 1 or 300 instances); `0s` collects
@@ -134,7 +155,9 @@ pub enum MetricGroup {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrometheusConfig {
+    /// Serve Prometheus metrics (text format 0.0.4; OpenMetrics when the scraper asks for it).
     pub enabled: bool,
+    /// The path metrics are served on.
     pub path: String,
 }
 
@@ -150,8 +173,13 @@ impl Default for PrometheusConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoggingConfig {
+    /// The least severe level logged (`LLAMACTL_LOG` overrides it with a tracing filter).
     pub level: LogLevel,
+    /// Where log lines go: `auto` = the journal when stderr is connected to it (as under
+    /// systemd), text on stderr otherwise; `journal` = the journal's native protocol, with fields;
+    /// `json` = JSON lines on stderr; `text` = human-readable lines on stderr.
     pub output: LogOutput,
+    /// Extra destinations beside the main output, each a `[[logging.destinations]]` table.
     pub destinations: Vec<LogDestination>,
 }
 
@@ -202,9 +230,12 @@ pub enum LogOutput {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LogDestination {
+    /// A JSON-lines or text file written by the daemon.
     File {
+        /// The file, appended to (its directory must exist and be writable by the daemon).
         path: PathBuf,
         #[serde(default = "default_file_format")]
+        /// `json` (one object a line) or `text`.
         format: FileFormat,
     },
 }
@@ -223,8 +254,13 @@ pub enum FileFormat {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
+    /// Export OpenTelemetry traces over OTLP: API requests, instance operations and proxied
+    /// model requests.
     pub enabled: bool,
+    /// The OTLP collector spans are sent to.
     pub otlp: OtlpConfig,
+    /// Share of the traces the daemon starts itself that are sampled (0 to 1); a client's
+    /// sampled `traceparent` is always followed.
     pub sampling_rate: f64,
 }
 
@@ -244,6 +280,7 @@ pub struct OtlpConfig {
     /// The collector: for `http/protobuf` a base URL (`/v1/traces` is added when it has no
     /// path) or the full traces URL; for `grpc` the `http://host:port` of the gRPC receiver.
     pub endpoint: String,
+    /// The OTLP transport.
     pub protocol: OtlpProtocol,
     /// Sent with every export (e.g. an `authorization` header); never logged.
     pub headers: BTreeMap<String, Secret>,
@@ -307,7 +344,9 @@ impl OtlpConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DebugConfig {
+    /// Serve the pprof debug port (CPU and heap profiles, a task dump; no authentication).
     pub pprof_enabled: bool,
+    /// The debug port.
     pub pprof_port: u16,
     /// The debug port's listen address: loopback unless `pprof_allow_remote`.
     pub pprof_host: String,
@@ -331,7 +370,10 @@ impl Default for DebugConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProfilingConfig {
+    /// Push a CPU profile of every `upload_interval` to Pyroscope; failures are logged and
+    /// counted, never fatal.
     pub enabled: bool,
+    /// The Pyroscope server profiles are pushed to.
     pub pyroscope: PyroscopeConfig,
 }
 
@@ -340,6 +382,7 @@ pub struct ProfilingConfig {
 pub struct PyroscopeConfig {
     /// `http://host[:port][/prefix]`; `/ingest` is appended.
     pub server_address: String,
+    /// The application name profiles are filed under.
     pub application_name: String,
     /// Sent as `Authorization: Bearer …`; never logged.
     pub auth_token: Option<Secret>,
@@ -413,10 +456,13 @@ pub struct InstancesConfig {
     /// User the backends run as. Unset: a transient `DynamicUser` per instance (no files owned,
     /// nothing to set up); models must then be world-readable.
     pub user: Option<String>,
+    /// Restart an instance whose backend exits, for instances that do not say.
     pub default_auto_restart: bool,
+    /// Automatic restarts before an instance is left failed, for instances that do not say.
     pub default_max_restarts: u32,
     /// Seconds between automatic restarts.
     pub default_restart_delay: u64,
+    /// Let a proxied request start a stopped instance, for instances that do not say.
     pub default_on_demand_start: bool,
     /// How long a start or stop job may take before the API reports a timeout.
     pub job_timeout: HumanDuration,
@@ -499,7 +545,9 @@ impl Default for InstancesConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendsConfig {
+    /// llama.cpp's `llama-server`.
     pub llama_cpp: BackendCommand,
+    /// vLLM's OpenAI-compatible server.
     pub vllm: BackendCommand,
 }
 
