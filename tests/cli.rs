@@ -135,6 +135,16 @@ fn daemon_refuses_to_start_on_a_bad_config() {
     let out = run(Command::new(LLAMACTLD).arg("-c").arg(&f));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"));
+
+    // A missing file says why once (the error chain once repeated its cause).
+    let out = run(Command::new(LLAMACTLD).args(["-c", "/nonexistent/x.toml"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read config file /nonexistent/x.toml"),
+        "{err}"
+    );
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
 #[test]

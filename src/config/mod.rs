@@ -36,10 +36,12 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/llamactl";
 /// A config error, printed as one line an operator can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The cause is part of the one line, not a `source()`: printed as a chain (`{:#}`) it
+    /// would appear twice.
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {location}{message}")]
     Parse {
@@ -100,9 +102,9 @@ pub fn load(path: &Path, explicit: bool) -> Result<Loaded, ConfigError> {
                 warnings,
             })
         }
-        Err(source) => Err(ConfigError::Read {
+        Err(cause) => Err(ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         }),
     }
 }
