@@ -1,7 +1,8 @@
 //! `[[logging.destinations]]` of type `syslog` and `elasticsearch` from a running llamactld
 //! under the private systemd: a Unix datagram socket bound by the test receives RFC 5424
 //! messages and a local stand-in for Elasticsearch receives `_bulk` requests (NDJSON action
-//! and document pairs, the daily index, the template's fields, basic authentication); an
+//! and document pairs, the daily index, the template's fields, basic authentication); a real
+//! rsyslog (Debian's, installed by `tools/test`) parses every header field of the messages; an
 //! Elasticsearch that accepts connections and never answers costs requests nothing, its lines
 //! are counted as dropped, the failure is logged once and the recovery once; the monitoring
 //! guide's `logging:` example passes `--check-config`.
@@ -368,6 +369,98 @@ fn syslog_and_elasticsearch_receive_the_daemons_lines() {
                 .any(|(_, d)| d["message"] == "stopped")
                 .then_some(())
         },
+    );
+}
+
+/// rsyslogd as a child process, with only the given config (killed when dropped).
+struct Rsyslogd(std::process::Child);
+
+impl Drop for Rsyslogd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real rsyslog reads the messages as RFC 5424, on a socket of its own configured as README
+/// "Log destinations" says: every header field lands where it belongs.
+#[test]
+fn rsyslog_parses_the_messages() {
+    unit_test!();
+    let dir = scratch("logship-rsyslog-dir");
+    let (sock, out) = (dir.join("llamactl.sock"), dir.join("out.log"));
+    write(
+        &dir.join("rsyslog.conf"),
+        &format!(
+            "global(workDirectory=\"{d}\")\n\
+             module(load=\"imuxsock\" SysSock.Use=\"off\")\n\
+             input(type=\"imuxsock\" Socket=\"{s}\" UseSpecialParser=\"off\" ParseHostname=\"on\")\n\
+             template(name=\"fields\" type=\"string\" string=\"%syslogfacility-text%|%syslogseverity-text%|%protocol-version%|%timereported:::date-rfc3339%|%hostname%|%app-name%|%procid%|%msgid%|%structured-data%|%msg%\\n\")\n\
+             local0.* action(type=\"omfile\" file=\"{o}\" template=\"fields\")\n",
+            d = dir.display(),
+            s = sock.display(),
+            o = out.display()
+        ),
+    );
+    let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("rsyslogd not found: install Debian's rsyslog (tools/test does)");
+    let _r = Rsyslogd(
+        Command::new(rsyslogd)
+            .arg("-n")
+            .arg("-f")
+            .arg(dir.join("rsyslog.conf"))
+            .arg("-i")
+            .arg(dir.join("rsyslogd.pid"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("rsyslog's socket", Duration::from_secs(10), || {
+        sock.exists().then_some(())
+    });
+    let d = daemon(
+        "logship-rsyslog",
+        &format!(
+            "[[logging.destinations]]\ntype = \"syslog\"\nfacility = \"local0\"\nsocket = \"{}\"\n",
+            sock.display()
+        ),
+        "",
+    );
+    let lines = wait_for(
+        "the daemon's lines in rsyslog's file",
+        Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            text.lines()
+                .any(|l| l.contains("|ready address="))
+                .then(|| text.lines().map(str::to_string).collect::<Vec<_>>())
+        },
+    );
+    let (pid, host) = (d.prop("MainPID"), host_of(&d));
+    for l in &lines {
+        let f: Vec<&str> = l.splitn(10, '|').collect();
+        assert_eq!(f.len(), 10, "{l}");
+        assert_eq!(f[0], "local0", "{l}");
+        assert!(["info", "warning", "err", "debug"].contains(&f[1]), "{l}");
+        assert_eq!(f[2], "1", "{l}");
+        // rsyslog's own rendering of the time it parsed: 2025-06-01T12:00:00.123456+00:00.
+        assert!(recent(f[3], Duration::from_secs(120)), "{l}");
+        assert_eq!(
+            (f[4], f[5], f[6]),
+            (host.as_str(), "llamactld", pid.as_str()),
+            "{l}"
+        );
+        assert_eq!(f[8], "-", "{l}");
+    }
+    let starting = lines
+        .iter()
+        .find(|l| l.contains("|llamactld starting "))
+        .expect("the first line");
+    assert!(
+        starting.contains("|daemon|-|llamactld starting version="),
+        "{starting}"
     );
 }
 
