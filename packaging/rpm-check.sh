@@ -63,13 +63,15 @@ has_files() {
         /usr/lib/sysusers.d/llamactl.conf /usr/lib/systemd/catalog/llamactl.catalog \
         /etc/llamactl/config.toml /etc/logrotate.d/llamactl \
         /usr/share/man/man8/llamactld.8 /usr/share/man/man1/llamactl.1 \
-        /usr/share/bash-completion/completions/llamactl; do
+        /usr/share/bash-completion/completions/llamactl \
+        /usr/share/llamactl/elasticsearch/llamactl-template.json \
+        /usr/share/llamactl/elasticsearch/llamactl-index-template.json; do
         # Man pages are compressed by the distribution's brp scripts (not on Debian's rpm).
         grep -qxE "$f(\.gz)?" <<<"$files" || missing+=("$f")
     done
     ((${#missing[@]} == 0)) || { echo "missing: ${missing[*]}"; return 1; }
 }
-check "rpm -qlp: binaries, unit, sysusers, catalog, config, man pages, completions" has_files
+check "rpm -qlp: binaries, unit, sysusers, catalog, config, man pages, completions, index templates" has_files
 no_state() {
     ! grep -E '^/var/(lib|log)/llamactl' <<<"$files" || { echo "state/log directories are packaged (StateDirectory= makes them)"; return 1; }
 }
