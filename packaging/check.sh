@@ -213,6 +213,26 @@ dashboard_installed() {
 }
 check "the Grafana dashboard is installed by both packages (/usr/share/llamactl/grafana/)" dashboard_installed
 
+# The index templates of the elasticsearch log destination: JSON, the guide's pattern and five
+# fields, installed by both packages. (That llamactld's documents carry only their fields is a
+# unit test: src/logging/elasticsearch.rs.)
+es_templates() {
+    local f
+    for f in llamactl-template.json llamactl-index-template.json; do
+        python3 - "packaging/elasticsearch/$f" <<'PY' || return 1
+import json, sys
+t = json.load(open(sys.argv[1]))
+m = t.get("template", t)["mappings"]["properties"]
+assert t["index_patterns"] == ["llamactl-*"], t["index_patterns"]
+for k, ty in [("timestamp", "date"), ("level", "keyword"), ("message", "text"), ("instance", "keyword"), ("component", "keyword")]:
+    assert m[k]["type"] == ty, (k, m.get(k))
+PY
+        grep -q "packaging/elasticsearch/$f" debian/llamactl.install || { echo "the .deb does not install $f"; return 1; }
+        grep -q "packaging/elasticsearch/$f" rpm/llamactl.spec || { echo "the RPM does not install $f"; return 1; }
+    done
+}
+check "the Elasticsearch index templates parse, carry the guide's fields and are installed by both packages" es_templates
+
 # --- RPM --------------------------------------------------------------------
 rpm_version() {
     local v

@@ -65,13 +65,15 @@ has_files() {
         /usr/share/man/man8/llamactld.8 /usr/share/man/man1/llamactl.1 /usr/share/man/man5/llamactl.toml.5 \
         /usr/share/bash-completion/completions/llamactl /usr/share/llamactl/alertmanager/alertmanager.yml \
         /usr/share/doc/llamactl/runbooks/README.md /usr/share/doc/llamactl/runbooks/InstanceDown.md \
-        /usr/share/llamactl/grafana/llamactl-dashboard.json; do
+        /usr/share/llamactl/grafana/llamactl-dashboard.json \
+        /usr/share/llamactl/elasticsearch/llamactl-template.json \
+        /usr/share/llamactl/elasticsearch/llamactl-index-template.json; do
         # Man pages are compressed by the distribution's brp scripts (not on Debian's rpm).
         grep -qxE "$f(\.gz)?" <<<"$files" || missing+=("$f")
     done
     ((${#missing[@]} == 0)) || { echo "missing: ${missing[*]}"; return 1; }
 }
-check "rpm -qlp: binaries, unit, sysusers, catalog, config, man pages, completions, dashboard" has_files
+check "rpm -qlp: binaries, unit, sysusers, catalog, config, man pages, completions, dashboard, index templates" has_files
 # The packaged dashboard is the source's (the one tests/dashboard.rs evaluates), byte for byte.
 dashboard_same() {
     local d rc=0

@@ -67,9 +67,9 @@ pub fn config(data: &[u8]) {
     let _ = config::restart_only_changes(&Config::default(), &c);
 }
 
-fn durations(c: &Config) -> [(&'static str, Duration); 15] {
+fn durations(c: &Config) -> Vec<(&'static str, Duration)> {
     let (s, i, p) = (&c.systemd, &c.instances, &c.proxy);
-    [
+    let mut out = vec![
         ("server.request_timeout", c.server.request_timeout.get()),
         ("server.header_timeout", c.server.header_timeout.get()),
         (
@@ -100,7 +100,20 @@ fn durations(c: &Config) -> [(&'static str, Duration); 15] {
             "profiling.pyroscope.upload_interval",
             c.profiling.pyroscope.upload_interval.get(),
         ),
-    ]
+    ];
+    for d in &c.logging.destinations {
+        if let config::LogDestination::Elasticsearch(e) = d {
+            out.extend([
+                (
+                    "logging.destinations.flush_interval",
+                    e.flush_interval.get(),
+                ),
+                ("logging.destinations.timeout", e.timeout.get()),
+                ("logging.destinations.max_backoff", e.max_backoff.get()),
+            ]);
+        }
+    }
+    out
 }
 
 fn config_values(text: &str) {

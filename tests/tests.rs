@@ -13,6 +13,7 @@ mod dashboard; // the Grafana dashboard: every panel's expressions return data f
 mod drills; // reliability drills: kill -9 under load, bus stopped, full disk, hung backends, connection floods
 mod instances; // instances as transient units: lifecycle, restarts, adoption, CLI
 mod limits; // the HTTP server's connection limits: header timeout, max connections, slowloris
+mod log_shipping; // [[logging.destinations]] syslog (RFC 5424 on a test socket, parsed by a real rsyslog) and Elasticsearch (_bulk to a local stand-in); a dead one costs requests nothing
 mod operations; // instance operations run to completion: a client leaving, 202 after request_timeout
 mod packaging; // packaging/check.sh
 mod plain_process; // llamactld as a plain process, no systemd: stderr logs, no bus, the socket

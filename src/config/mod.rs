@@ -6,6 +6,7 @@ pub mod auth;
 mod duration;
 mod env;
 mod live;
+pub mod log_destinations;
 #[cfg(test)]
 mod manpage;
 pub mod reload;
@@ -22,6 +23,9 @@ pub use auth::{
 pub use duration::{parse_duration, HumanDuration};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use live::Live;
+pub use log_destinations::{
+    ElasticsearchDestination, FileFormat, LogDestination, SyslogDestination, SyslogFacility,
+};
 pub use reload::{changed_keys, restart_only_changes, Reload};
 pub use secret::{Secret, REDACTED};
 pub use types::*;

@@ -109,14 +109,196 @@ fn durations_and_enums() {
     );
 }
 
+/// The monitoring guide's `logging:` example, as TOML.
+const SEED_LOGGING: &str = r#"
+[logging]
+level = "info"
+output = "json"
+
+[[logging.destinations]]
+type = "file"
+path = "/var/log/llamactl/app.log"
+
+[[logging.destinations]]
+type = "syslog"
+facility = "local0"
+
+[[logging.destinations]]
+type = "elasticsearch"
+url = "http://elasticsearch:9200"
+"#;
+
 #[test]
-fn file_destination_and_unsupported_ones() {
-    let ok = "[[logging.destinations]]\ntype = \"file\"\npath = \"/var/log/llamactl/app.log\"\n";
-    let c = parse(ok, p()).unwrap();
-    assert_eq!(c.logging.destinations.len(), 1);
-    let bad = "[[logging.destinations]]\ntype = \"elasticsearch\"\nurl = \"http://es:9200\"\n";
-    let e = parse(bad, p()).unwrap_err().to_string();
-    assert!(e.contains("elasticsearch"), "{e}");
+fn the_guides_destinations_parse_and_validate() {
+    let l = load_text(SEED_LOGGING).unwrap();
+    let d = &l.config.logging.destinations;
+    assert_eq!(d.len(), 3);
+    assert!(matches!(
+        &d[0],
+        LogDestination::File {
+            format: FileFormat::Json,
+            ..
+        }
+    ));
+    let LogDestination::Syslog(s) = &d[1] else {
+        panic!("{d:?}")
+    };
+    assert_eq!(s.facility, SyslogFacility::Local0);
+    assert_eq!(s.facility.code(), 16);
+    assert_eq!(s.socket, Path::new("/dev/log"));
+    let LogDestination::Elasticsearch(e) = &d[2] else {
+        panic!("{d:?}")
+    };
+    assert_eq!(e.url, "http://elasticsearch:9200");
+    assert_eq!(e.index_prefix, "llamactl");
+    assert_eq!(
+        e.bulk_url(),
+        "http://elasticsearch:9200/_bulk?filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason"
+    );
+    let labels: Vec<_> = d.iter().map(LogDestination::label).collect();
+    assert_eq!(
+        labels,
+        [None, Some("syslog".into()), Some("elasticsearch".into())]
+    );
+    // The default facility, every key given, and a password that never prints.
+    let full = r#"
+[[logging.destinations]]
+type = "syslog"
+name = "local-rsyslog"
+socket = "/run/rsyslog/llamactl.sock"
+queue_size = 100
+[[logging.destinations]]
+type = "elasticsearch"
+name = "es-main"
+url = "http://10.0.0.5:9200/es/"
+index_prefix = "llamactl-prod"
+username = "llamactl"
+password = "s3cret-pw"
+queue_size = 2000
+batch_size = 200
+flush_interval = "250ms"
+timeout = "5s"
+max_backoff = "1m"
+"#;
+    let c = load_text(full).unwrap().config;
+    let LogDestination::Syslog(s) = &c.logging.destinations[0] else {
+        panic!()
+    };
+    assert_eq!((s.facility, s.queue_size), (SyslogFacility::Daemon, 100));
+    let LogDestination::Elasticsearch(e) = &c.logging.destinations[1] else {
+        panic!()
+    };
+    assert_eq!(e.password.as_ref().unwrap().expose(), "s3cret-pw");
+    assert!(e.bulk_url().starts_with("http://10.0.0.5:9200/es/_bulk?"));
+    assert!(!format!("{c:?}").contains("s3cret-pw"));
+    assert!(!toml::to_string(&c).unwrap().contains("s3cret-pw"));
+    assert_eq!(
+        c.logging.destinations[1].label().as_deref(),
+        Some("es-main")
+    );
+}
+
+#[test]
+fn destination_parse_errors_name_the_key() {
+    for (text, needle) in [
+        ("type = \"kafka\"\n", "unknown variant `kafka`"),
+        (
+            "type = \"syslog\"\nfacility = \"local9\"\n",
+            "unknown variant `local9`",
+        ),
+        ("type = \"syslog\"\nurl = \"x\"\n", "unknown field `url`"),
+        (
+            "type = \"elasticsearch\"\nurl = \"http://es:9200\"\nindex = \"x\"\n",
+            "unknown field `index`",
+        ),
+        (
+            "type = \"elasticsearch\"\nurl = \"http://es:9200\"\ntimeout = \"soon\"\n",
+            "invalid duration \"soon\"",
+        ),
+    ] {
+        let text = format!("[[logging.destinations]]\n{text}");
+        let e = parse(&text, p()).unwrap_err().to_string();
+        assert!(
+            e.contains(needle) && e.contains("logging.destinations"),
+            "{text}: {e}"
+        );
+    }
+}
+
+#[test]
+fn destination_validation_errors_name_the_key() {
+    let es = |more: &str| {
+        format!(
+            "[[logging.destinations]]\ntype = \"elasticsearch\"\nurl = \"http://es:9200\"\n{more}"
+        )
+    };
+    let syslog = |more: &str| format!("[[logging.destinations]]\ntype = \"syslog\"\n{more}");
+    for (text, key, why) in [
+        (
+            "[[logging.destinations]]\ntype = \"file\"\npath = \"app.log\"\n".to_string(),
+            "path",
+            "absolute",
+        ),
+        (syslog("socket = \"dev/log\"\n"), "socket", "absolute"),
+        (syslog("queue_size = 0\n"), "queue_size", "not in 1..="),
+        (syslog("queue_size = 1000001\n"), "queue_size", "not in 1..="),
+        (syslog("name = \"Main Syslog\"\n"), "name", "lowercase"),
+        (syslog("") + &syslog(""), "name", "already called \"syslog\""),
+        (
+            syslog("name = \"x\"\n") + &es("name = \"x\"\n"),
+            "name",
+            "already called \"x\"",
+        ),
+        ("[[logging.destinations]]\ntype = \"elasticsearch\"\n".to_string(), "url", "required"),
+        (
+            "[[logging.destinations]]\ntype = \"elasticsearch\"\nurl = \"https://es:9200\"\n".to_string(),
+            "url",
+            "https is not supported",
+        ),
+        (
+            "[[logging.destinations]]\ntype = \"elasticsearch\"\nurl = \"es:9200\"\n".to_string(),
+            "url",
+            "not an http:// URL",
+        ),
+        (
+            "[[logging.destinations]]\ntype = \"elasticsearch\"\nurl = \"http://es:9200/?pretty\"\n".to_string(),
+            "url",
+            "no query",
+        ),
+        (
+            "[[logging.destinations]]\ntype = \"elasticsearch\"\nurl = \"http://elastic:pw@es:9200\"\n".to_string(),
+            "url",
+            "credentials do not go in the URL",
+        ),
+        (es("index_prefix = \"Llamactl\"\n"), "index_prefix", "lowercase"),
+        (es("index_prefix = \"_x\"\n"), "index_prefix", "starting with"),
+        (es("index_prefix = \"a/b\"\n"), "index_prefix", "not an index name prefix"),
+        (es("username = \"elastic\"\n"), "password", "without a password"),
+        (es("password = \"pw\"\n"), "username", "without a username"),
+        (es("username = \"a:b\"\npassword = \"pw\"\n"), "username", "not a user name"),
+        (es("username = \"u\"\npassword = \"p\\nw\"\n"), "password", "control characters"),
+        (
+            es("username = \"u\"\npassword = \"pw\"\napi_key = \"k\"\n"),
+            "api_key",
+            "not both",
+        ),
+        (es("api_key = \"\"\n"), "api_key", "empty"),
+        (es("api_key = \"a\\u0001\"\n"), "api_key", "header"),
+        (es("batch_size = 0\n"), "batch_size", "not in 1..=10000"),
+        (es("queue_size = 10\nbatch_size = 11\n"), "batch_size", "more than queue_size"),
+        (es("queue_size = 0\nbatch_size = 0\n"), "batch_size", "not in"),
+        (es("flush_interval = \"0s\"\n"), "flush_interval", "not between 10ms and 60s"),
+        (es("flush_interval = \"2m\"\n"), "flush_interval", "not between"),
+        (es("timeout = \"50ms\"\n"), "timeout", "not between 100ms and 300s"),
+        (es("max_backoff = \"100ms\"\n"), "max_backoff", "not between 500ms and 3600s"),
+    ] {
+        let e = load_text(&text).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("`logging.destinations.{key}`")) && e.contains(why),
+            "{text}: {e}"
+        );
+        assert!(!e.contains("p\nw") && !e.contains("a\u{1}"), "a secret in {e}");
+    }
 }
 
 fn load_text(text: &str) -> Result<Loaded, ConfigError> {

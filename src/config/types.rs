@@ -5,6 +5,7 @@
 use super::audit::AuditConfig;
 use super::auth::{AuthConfig, RateLimitConfig};
 use super::duration::HumanDuration;
+use super::log_destinations::LogDestination;
 use super::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -221,32 +222,6 @@ impl LogLevel {
 pub enum LogOutput {
     Auto,
     Journal,
-    Json,
-    Text,
-}
-
-/// Extra log destinations beside the main output. Only files: the journal already forwards to
-/// syslog, and shipping to Elasticsearch belongs to a log shipper reading the journal.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum LogDestination {
-    /// A JSON-lines or text file written by the daemon.
-    File {
-        /// The file, appended to (its directory must exist and be writable by the daemon).
-        path: PathBuf,
-        #[serde(default = "default_file_format")]
-        /// `json` (one object a line) or `text`.
-        format: FileFormat,
-    },
-}
-
-fn default_file_format() -> FileFormat {
-    FileFormat::Json
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileFormat {
     Json,
     Text,
 }

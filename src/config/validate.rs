@@ -140,15 +140,7 @@ pub fn validate(c: &Config, path: &Path) -> Result<Vec<String>, ConfigError> {
             format!("{mpath:?} must be an absolute URL path outside /api/"),
         ));
     }
-    for d in &c.logging.destinations {
-        let super::LogDestination::File { path: p, .. } = d;
-        if !p.is_absolute() {
-            return Err(invalid(
-                "logging.destinations.path",
-                format!("{} must be an absolute path", p.display()),
-            ));
-        }
-    }
+    super::log_destinations::validate(&c.logging.destinations, &invalid)?;
     for e in &c.audit.events {
         if !AUDIT_EVENTS.contains(&e.as_str()) {
             return Err(invalid(

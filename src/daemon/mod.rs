@@ -50,13 +50,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let (config_path, explicit) = config::resolve_path(opts.config.as_deref(), &env);
     let loaded = config::load(&config_path, explicit)?;
     let logging = logging::init(&loaded.config.logging, &env)?;
+    let shippers = logging.shippers.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("llamactld")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(opts.host, loaded, logging, config_path, explicit))
+    let result = runtime.block_on(serve(opts.host, loaded, logging, config_path, explicit));
+    // The syslog and Elasticsearch destinations send what they still hold (bounded).
+    logging::close(&shippers, logging::CLOSE_TIMEOUT);
+    result
 }
 
 async fn serve(
@@ -162,6 +166,9 @@ async fn serve(
         .spawn_background(stop_stats.clone())
         .context("starting the statistics collector")?;
     let metrics = Arc::new(Metrics::with_sampler(host.clone(), sampler));
+    for s in &logging.shippers {
+        metrics.log_shipping.add(&s.name, s.dropped.clone());
+    }
     let audit = Arc::new(Auditor::new(
         &cfg.audit,
         env.var("LOGS_DIRECTORY").as_deref(),

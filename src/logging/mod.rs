@@ -1,7 +1,12 @@
 //! Logging: the journal's native protocol under systemd, JSON or text on stderr elsewhere, plus
-//! optional files. The level can change on reload; the outputs are fixed at start.
+//! optional destinations: files, syslog (`syslog.rs`) and Elasticsearch (`elasticsearch.rs`),
+//! the last two shipped from threads of their own (`ship.rs`). The level can change on reload;
+//! the outputs are fixed at start.
 
+pub mod elasticsearch;
 pub mod journald;
+pub mod ship;
+pub mod syslog;
 
 use crate::config::{Env, FileFormat, LogDestination, LogLevel, LogOutput, LoggingConfig};
 use anyhow::Context as _;
@@ -9,6 +14,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, reload, EnvFilter, Layer, Registry};
@@ -22,6 +28,8 @@ pub struct Logging {
     pub output: &'static str,
     /// Why the configured output could not be used (e.g. no journald), logged once started.
     pub fallback_reason: Option<String>,
+    /// The syslog and Elasticsearch destinations, for their drop counters and the last flush.
+    pub shippers: Vec<ship::Shipper>,
 }
 
 /// The filter for a level. Dependencies (zbus, hyper) are capped at `warn` unless tracing: at
@@ -98,8 +106,25 @@ pub fn init(cfg: &LoggingConfig, env: &dyn Env) -> anyhow::Result<Logging> {
         "text" => layers.push(Box::new(fmt::layer().with_writer(std::io::stderr))),
         _ => {}
     }
+    let mut shippers = Vec::new();
     for d in &cfg.destinations {
-        let LogDestination::File { path, format } = d;
+        let started = match d {
+            LogDestination::File { .. } => None,
+            LogDestination::Syslog(s) => Some(syslog::start(s, d.label().unwrap_or_default())),
+            LogDestination::Elasticsearch(e) => {
+                Some(elasticsearch::start(e, d.label().unwrap_or_default()))
+            }
+        };
+        if let Some(started) = started {
+            let (layer, shipper) =
+                started.with_context(|| format!("starting the {} log destination", d.kind()))?;
+            layers.push(Box::new(layer));
+            shippers.push(shipper);
+            continue;
+        }
+        let LogDestination::File { path, format } = d else {
+            continue;
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating log directory {}", dir.display()))?;
@@ -127,11 +152,46 @@ pub fn init(cfg: &LoggingConfig, env: &dyn Env) -> anyhow::Result<Logging> {
         .with(layers)
         .try_init()
         .context("installing the log subscriber")?;
+    for d in &cfg.destinations {
+        match d {
+            LogDestination::Syslog(s) => tracing::info!(
+                component = "logging",
+                destination = d.label().unwrap_or_default(),
+                socket = %s.socket.display(),
+                facility = ?s.facility,
+                "shipping log lines to syslog (RFC 5424)"
+            ),
+            LogDestination::Elasticsearch(e) => tracing::info!(
+                component = "logging",
+                destination = d.label().unwrap_or_default(),
+                url = %e.url,
+                index = %format!("{}-YYYY.MM.DD", e.index_prefix),
+                "shipping log lines to Elasticsearch"
+            ),
+            LogDestination::File { .. } => {}
+        }
+    }
     Ok(Logging {
         filter: handle,
         output,
         fallback_reason,
+        shippers,
     })
+}
+
+/// How long the last flush of the shipping destinations may take at stop.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends what the shipping destinations still hold, for up to `timeout` in all; what is left
+/// then is counted as dropped. Called once, as the daemon stops.
+pub fn close(shippers: &[ship::Shipper], timeout: Duration) {
+    let until = Instant::now() + timeout;
+    for s in shippers {
+        s.stop(until);
+    }
+    for s in shippers {
+        s.wait(until);
+    }
 }
 
 impl Logging {

@@ -317,6 +317,11 @@ fn traffic(m: &Metrics) {
     };
     a.key_requests.get_or_create(&key("inference")).inc_by(3);
     a.key_requests.get_or_create(&key("management")).inc();
+    // Two shipping log destinations, one that dropped lines.
+    let dropped = prometheus_client::metrics::counter::Counter::default();
+    dropped.inc_by(17);
+    m.log_shipping.add("elasticsearch", dropped);
+    m.log_shipping.add("syslog", Default::default());
     for (kind, n) in [("prompt", 120), ("completion", 480)] {
         let tokens = KeyTokenLabels {
             key_name: "ci".into(),

@@ -18,6 +18,7 @@ pub mod access;
 pub mod build;
 pub mod http;
 pub mod llm;
+pub mod log_shipping;
 pub mod process;
 pub mod profiling;
 pub mod proxy;
@@ -121,6 +122,8 @@ pub struct Metrics {
     /// The daemon's tokio runtimes and long-lived tasks (`llamactl_runtime_*`, the task dump).
     pub runtimes: runtime::Runtimes,
     pub profiling: profiling::ProfilingMetrics,
+    /// The shipping log destinations' drop counters (`llamactl_log_shipping_dropped_total`).
+    pub log_shipping: log_shipping::LogShippingMetrics,
 }
 
 /// The API request families, left out of a scrape when `api_performance` is off.
@@ -204,6 +207,10 @@ impl Metrics {
         let profiling = profiling::ProfilingMetrics::default();
         llamactl.register_collector(Box::new(profiling::ProfilingCollector(profiling.clone())));
         llamactl.register_collector(Box::new(telemetry::TelemetryCollector));
+        let log_shipping = log_shipping::LogShippingMetrics::default();
+        llamactl.register_collector(Box::new(log_shipping::LogShippingCollector(
+            log_shipping.clone(),
+        )));
 
         Metrics {
             registry,
@@ -216,6 +223,7 @@ impl Metrics {
             http,
             runtimes,
             profiling,
+            log_shipping,
         }
     }
 

@@ -122,7 +122,9 @@ c_files() {
     local f missing=()
     for f in /usr/share/llamactl/grafana/llamactl-dashboard.json /usr/share/llamactl/prometheus/alerts.yml \
         /usr/share/llamactl/prometheus/prometheus.yml /usr/lib/systemd/catalog/llamactl.catalog \
-        /usr/share/llamactl/alertmanager/alertmanager.yml /usr/share/doc/llamactl/runbooks/README.md; do
+        /usr/share/llamactl/alertmanager/alertmanager.yml /usr/share/doc/llamactl/runbooks/README.md \
+        /usr/share/llamactl/elasticsearch/llamactl-template.json \
+        /usr/share/llamactl/elasticsearch/llamactl-index-template.json; do
         dpkg -S "$f" >/dev/null 2>&1 && [[ -s $f ]] || missing+=("$f")
     done
     ((${#missing[@]} == 0)) || { echo "not installed by the package: ${missing[*]}"; return 1; }
