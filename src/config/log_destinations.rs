@@ -18,9 +18,12 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LogDestination {
+    /// A JSON-lines or text file written by the daemon.
     File {
+        /// The file, appended to (its directory must exist and be writable by the daemon).
         path: PathBuf,
         #[serde(default = "default_file_format")]
+        /// `json` (one object a line) or `text`.
         format: FileFormat,
     },
     Syslog(SyslogDestination),
@@ -63,12 +66,13 @@ impl LogDestination {
 /// Where `type = "syslog"` sends when `socket` is not given.
 pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
 
-/// `type = "syslog"`: one RFC 5424 message per log line, as a datagram on a Unix socket.
+/// One RFC 5424 message per log line, as a datagram on a Unix socket.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SyslogDestination {
     /// The `destination` label of its drop counter (default `syslog`); unique.
     pub name: Option<String>,
+    /// The syslog facility of every message (`daemon`, `user`, `local0`…`local7`, …).
     pub facility: SyslogFacility,
     /// A Unix datagram socket: the syslog daemon's `/dev/log`, or one it listens on for us.
     pub socket: PathBuf,
@@ -142,7 +146,7 @@ impl SyslogFacility {
     }
 }
 
-/// `type = "elasticsearch"`: documents sent in batches to `{url}/_bulk`, each into the index
+/// Documents sent in batches to `{url}/_bulk`, each into the index
 /// `{index_prefix}-YYYY.MM.DD` of its own UTC date.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -151,9 +155,11 @@ pub struct ElasticsearchDestination {
     pub name: Option<String>,
     /// `http://host:9200`, optionally with a path prefix (a proxy in front); required.
     pub url: String,
+    /// Documents go to the index `{index_prefix}-YYYY.MM.DD` of their UTC date.
     pub index_prefix: String,
     /// Basic authentication: both or neither. The password is a secret (never logged).
     pub username: Option<String>,
+    /// The basic-authentication password: a secret, never logged or shown.
     pub password: Option<Secret>,
     /// An Elasticsearch API key (the `encoded` value), sent as `Authorization: ApiKey …`.
     pub api_key: Option<Secret>,

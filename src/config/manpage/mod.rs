@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// A field of a struct or of an enum variant, as serde sees it.
+#[derive(Clone)]
 struct Field {
     name: String,
     doc: String,
@@ -131,6 +132,9 @@ fn fields_of(fields: &syn::Fields, container_default: bool) -> Vec<Field> {
 fn items() -> BTreeMap<String, Item> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
     let mut out = BTreeMap::new();
+    // Newtype variants (`Syslog(SyslogDestination)`): (enum, variant, the struct they hold),
+    // given that struct's fields once every item is known.
+    let mut newtypes = Vec::new();
     for e in std::fs::read_dir(&dir).expect("src/config") {
         let path = e.expect("src/config entry").path();
         if path.extension().is_none_or(|x| x != "rs") {
@@ -149,6 +153,13 @@ fn items() -> BTreeMap<String, Item> {
                 }
                 syn::Item::Enum(en) => {
                     let serde = serde_of(&en.attrs);
+                    for (i, v) in en.variants.iter().enumerate() {
+                        if let syn::Fields::Unnamed(u) = &v.fields {
+                            if let [f] = u.unnamed.iter().collect::<Vec<_>>()[..] {
+                                newtypes.push((en.ident.to_string(), i, outer(&f.ty).0));
+                            }
+                        }
+                    }
                     let variants =
                         en.variants
                             .iter()
@@ -165,6 +176,19 @@ fn items() -> BTreeMap<String, Item> {
                 }
                 _ => {}
             }
+        }
+    }
+    for (en, i, held) in newtypes {
+        let Some(Item::Struct { doc, fields }) = out.get(&held) else {
+            continue;
+        };
+        let (doc, fields) = (doc.clone(), fields.clone());
+        if let Some(Item::Enum { variants, .. }) = out.get_mut(&en) {
+            let v = &mut variants[i];
+            if v.1.is_empty() {
+                v.1 = doc;
+            }
+            v.2 = fields;
         }
     }
     out
