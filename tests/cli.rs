@@ -18,6 +18,73 @@ fn check_config(text: &str, name: &str) -> (bool, String) {
     (out.status.success(), all)
 }
 
+/// Every `config.yaml` block of the monitoring guide (`../shared/seed/monitoring.md`: monitoring,
+/// logging with its three destinations, telemetry, debug, profiling, audit), as TOML in one file:
+/// accepted as written, with only the Jaeger endpoint's warning.
+#[test]
+fn the_guides_config_examples_together_pass_check_config() {
+    let dir = scratch("guide-config");
+    let f = dir.join("config.toml");
+    write(&f, GUIDE_CONFIG);
+    let out = run(Command::new(LLAMACTLD)
+        .arg("--check-config")
+        .arg("-c")
+        .arg(&f));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains("Jaeger's Thrift collector"), "{err}");
+}
+
+const GUIDE_CONFIG: &str = r#"[monitoring]
+enabled = true
+metrics = ["instance_stats", "api_performance", "system_resources"]
+
+[monitoring.prometheus]
+enabled = true
+path = "/metrics"
+
+[logging]
+level = "info"
+output = "json"
+
+[[logging.destinations]]
+type = "file"
+path = "/var/log/llamactl/app.log"
+
+[[logging.destinations]]
+type = "syslog"
+facility = "local0"
+
+[[logging.destinations]]
+type = "elasticsearch"
+url = "http://elasticsearch:9200"
+
+[telemetry]
+enabled = true
+sampling_rate = 0.1
+
+[telemetry.otlp]
+endpoint = "http://jaeger:14268/api/traces"
+
+[debug]
+pprof_enabled = true
+pprof_port = 6060
+
+[profiling]
+enabled = true
+
+[profiling.pyroscope]
+server_address = "http://pyroscope:4040"
+application_name = "llamactl"
+
+[audit]
+enabled = true
+log_file = "/var/log/llamactl/audit.log"
+events = ["auth.login", "auth.logout", "instance.create", "instance.delete", "config.update"]
+"#;
+
 #[test]
 fn check_config_accepts_the_shipped_file_and_rejects_bad_ones() {
     let shipped = repo().join("etc/llamactl/config.toml");
