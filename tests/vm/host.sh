@@ -30,7 +30,7 @@ GUEST_CHECKS=(
     upgrade-instance-not-restarted upgrade-instance-adopted remove remove-instances-stopped
     remove-specs-kept purge purge-no-units purge-no-files purge-no-group
     pure-v2-harness-controllers pure-v2-service-tests pure-v2-resources-tests
-    pure-v2-instances-tests pure-v2-security-tests pure-v2-operations-tests pure-v2-proxy-tests
+    pure-v2-instances-tests pure-v2-security-tests pure-v2-operations-tests
 )
 
 t0=$SECONDS

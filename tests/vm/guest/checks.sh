@@ -193,9 +193,16 @@ c_cgfiles() {
     note "cgroup $CG: memory.current=$(cat "$CG/memory.current") memory.peak=$(cat "$CG/memory.peak") anon=$(keyed "$CG/memory.stat" anon) file=$(keyed "$CG/memory.stat" file) oom_kill=$(keyed "$CG/memory.events" oom_kill) io.stat=[$(tr '\n' ' ' <"$CG/io.stat")]"
 }
 
-# One scrape bracketed by two reads of the cgroup files (b = before, a = after).
+# One scrape bracketed by two reads of the cgroup files (b = before, a = after), and a read of
+# the counters that keep growing (p = previous) longer before it than the daemon's collection
+# interval (5 s): the scrape serves a background snapshot taken after p, so a counter's metric
+# lies between p and a whatever the guest's load (PSI accrues fastest when the guest is busy).
 scrape() {
     local f
+    for f in cpu.pressure memory.pressure io.pressure; do
+        cp "$CG/$f" "$OUT/p.$f" || return 1
+    done
+    sleep 7
     for f in memory.current memory.peak memory.stat cpu.stat io.stat memory.events cpu.pressure memory.pressure io.pressure; do
         cp "$CG/$f" "$OUT/b.$f" || return 1
     done
@@ -264,8 +271,8 @@ c_m_pressure() {
     local r m b a
     for r in cpu memory io; do
         m=$(metric "pressure_${r}_seconds_total") || { echo "$m"; return 1; }
-        { b=$(psi "$OUT/b.$r.pressure") && a=$(psi "$OUT/a.$r.pressure"); } || { echo "$r.pressure has no some total="; return 1; }
-        within "$b" "$a" "$(usec "$m")" 1 || { echo "$r: metric $m s, $r.pressure some total $b..$a us"; return 1; }
+        { b=$(psi "$OUT/p.$r.pressure") && a=$(psi "$OUT/a.$r.pressure"); } || { echo "$r.pressure has no some total="; return 1; }
+        within "$b" "$a" "$(usec "$m")" 1 || { echo "$r: metric $m s, $r.pressure some total $b (7 s before the scrape)..$a us"; return 1; }
     done
 }
 
@@ -439,9 +446,10 @@ c_itest() {
 # What the guest does not run, and why (the README's "On a real host" says the same):
 # - tests that need a real llama-server (the cached build is compiled for the host's CPU, and a
 #   model load plus a completion under TCG would take minutes), Prometheus, or PyPI's openai;
-# - drills::, soak:: (minutes of load by design), and the modules whose tests do not depend on
-#   the host's cgroup layout or its PID 1 (cli, limits, plain_process, audit, telemetry,
-#   profiling, packaging) — the host's own run covers them.
+# - proxy:: (four of its five tests serve through a real llama-server, the fifth is the
+#   proxy's bookkeeping), drills::, soak:: (minutes of load by design), and the modules whose
+#   tests do not depend on the host's cgroup layout (cli, limits, plain_process, audit,
+#   telemetry, profiling, packaging, log_shipping, dashboard) — the host's own run covers them.
 c_itest_service() { c_itest service 2; }
 # One at a time: the CPU test's busy loop must have a vCPU to itself (the guest has two, emulated;
 # sharing one with the OOM test's hog once measured 18 % where one CPU is ~100 %).
@@ -452,9 +460,6 @@ c_itest_security() {
         security::policy::hardened_units_score_low_and_llama_server_still_answers
 }
 c_itest_operations() { c_itest operations 2; }
-c_itest_proxy() {
-    c_itest proxy 2 proxy::real_llama_server_behind_the_proxy proxy::llm_latency_histograms_match_a_backend_at_a_known_pace
-}
 
 install -m 0755 "$D/fake_backend" /usr/local/bin/fake_backend
 
@@ -496,7 +501,6 @@ check pure-v2-resources-tests c_itest_resources
 check pure-v2-instances-tests c_itest_instances
 check pure-v2-security-tests c_itest_security
 check pure-v2-operations-tests c_itest_operations
-check pure-v2-proxy-tests c_itest_proxy
 
 journalctl -b --no-pager -o short-monotonic >"$OUT/journal.log" 2>&1 || true
 record "# done"
