@@ -193,16 +193,23 @@ c_cgfiles() {
     note "cgroup $CG: memory.current=$(cat "$CG/memory.current") memory.peak=$(cat "$CG/memory.peak") anon=$(keyed "$CG/memory.stat" anon) file=$(keyed "$CG/memory.stat" file) oom_kill=$(keyed "$CG/memory.events" oom_kill) io.stat=[$(tr '\n' ' ' <"$CG/io.stat")]"
 }
 
-# One scrape bracketed by two reads of the cgroup files (b = before, a = after), and a read of
-# the counters that keep growing (p = previous) longer before it than the daemon's collection
-# interval (5 s): the scrape serves a background snapshot taken after p, so a counter's metric
-# lies between p and a whatever the guest's load (PSI accrues fastest when the guest is busy).
+# One scrape bracketed by two reads of the cgroup files (b = before, a = after), after 7 s of
+# reads that start longer before it than the daemon's collection interval (5 s): the scrape
+# serves a background snapshot taken in that time, so a counter's metric lies between the first
+# read (p = previous) and a, and a gauge's (memory) within what the reads every half second saw
+# (s1..s14) — whatever the guest's load (PSI accrues fastest when the guest is busy, memory moves
+# while the backend settles).
 scrape() {
-    local f
+    local f i
     for f in cpu.pressure memory.pressure io.pressure; do
         cp "$CG/$f" "$OUT/p.$f" || return 1
     done
-    sleep 7
+    for i in $(seq 14); do
+        for f in memory.current memory.peak memory.stat; do
+            cp "$CG/$f" "$OUT/s$i.$f" || return 1
+        done
+        sleep 0.5
+    done
     for f in memory.current memory.peak memory.stat cpu.stat io.stat memory.events cpu.pressure memory.pressure io.pressure; do
         cp "$CG/$f" "$OUT/b.$f" || return 1
     done
@@ -220,28 +227,38 @@ c_scrape() {
     [[ $(sample "$OUT/metrics.txt" "$(series up)") == 1 ]] || { echo "$(series up) is not 1"; return 1; }
 }
 
+# span FILE [KEY]: "MIN MAX" of FILE's value (or KEY's, in a keyed file) over the reads
+# around the scrape (s1..s14, b, a).
+span() {
+    local f v lo='' hi=''
+    for f in "$OUT"/s*."$1" "$OUT/b.$1" "$OUT/a.$1"; do
+        if [[ -n ${2:-} ]]; then v=$(keyed "$f" "$2") || return 1; else v=$(cat "$f") || return 1; fi
+        [[ -z $lo ]] || ((v >= lo)) || lo=$v
+        [[ -z $hi ]] || ((v <= hi)) || hi=$v
+        [[ -n $lo ]] || { lo=$v; hi=$v; }
+    done
+    echo "$lo $hi"
+}
+
 c_m_memory() {
     local m b a
     m=$(metric memory_bytes) || { echo "$m"; return 1; }
-    { b=$(cat "$OUT/b.memory.current") && a=$(cat "$OUT/a.memory.current"); } || return 1
-    # memory.current moves a little between reads (the health probes): within the two reads,
-    # give or take 128 KiB, and a live process's worth (the backend alone is several hundred KiB).
-    within "$((b < a ? b : a))" "$((b < a ? a : b))" "$m" 131072 || { echo "metric $m, memory.current $b..$a"; return 1; }
+    read -r b a < <(span memory.current) && [[ -n $a ]] || return 1
+    # memory.current moves a little between reads (the health probes): within what the reads
+    # saw, give or take 128 KiB, and a live process's worth (the backend alone is several
+    # hundred KiB).
+    within "$b" "$a" "$m" 131072 || { echo "metric $m, memory.current $b..$a over the reads"; return 1; }
     within 262144 1e18 "$m" 0 || { echo "metric $m: less than a running backend uses"; return 1; }
 }
 
-# memory.peak, and anon/file from memory.stat: each within its two reads, give or take 128 KiB.
+# memory.peak, and anon/file from memory.stat: each within what the reads saw, give or take 128 KiB.
 c_m_memory_detail() {
     local name file key m b a
     for name in memory_peak_bytes:memory.peak: memory_anon_bytes:memory.stat:anon memory_file_bytes:memory.stat:file; do
         IFS=: read -r name file key <<<"$name"
         m=$(metric "$name") || { echo "$m"; return 1; }
-        if [[ -n $key ]]; then
-            b=$(keyed "$OUT/b.$file" "$key") && a=$(keyed "$OUT/a.$file" "$key") || return 1
-        else
-            b=$(cat "$OUT/b.$file") && a=$(cat "$OUT/a.$file") || return 1
-        fi
-        within "$((b < a ? b : a))" "$((b < a ? a : b))" "$m" 131072 || { echo "$name: metric $m, $file ${key:-} $b..$a"; return 1; }
+        read -r b a < <(span "$file" "$key") && [[ -n $a ]] || return 1
+        within "$b" "$a" "$m" 131072 || { echo "$name: metric $m, $file ${key:-} $b..$a over the reads"; return 1; }
     done
 }
 
