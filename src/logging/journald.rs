@@ -36,8 +36,9 @@ impl JournaldLayer {
     }
 }
 
-/// journald priorities (syslog levels).
-fn priority(level: &Level) -> u8 {
+/// journald priorities, which are syslog severities (RFC 5424 §6.2.1): the syslog destination
+/// uses them too.
+pub(super) fn priority(level: &Level) -> u8 {
     match *level {
         Level::ERROR => 3,
         Level::WARN => 4,

@@ -21,7 +21,6 @@ use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
-use tracing::Level;
 
 /// The longest datagram sent: rsyslog's and syslog-ng's default message size limit.
 pub const MAX_DATAGRAM: usize = 8192;
@@ -30,16 +29,6 @@ pub const APP_NAME: &str = "llamactld";
 
 /// How long one send may wait for a syslog daemon that does not read its socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The syslog severity of a level.
-pub fn severity(level: &Level) -> u8 {
-    match *level {
-        Level::ERROR => 3,
-        Level::WARN => 4,
-        Level::INFO => 6,
-        Level::DEBUG | Level::TRACE => 7,
-    }
-}
 
 /// A header field: printable US-ASCII without spaces (others become `_`), at most `max`
 /// characters, `-` (NILVALUE) when empty.
@@ -58,7 +47,7 @@ fn header_field(s: &str, max: usize) -> String {
 
 /// One RFC 5424 message for a record.
 pub fn message(r: &Record, facility: u8, host: &str, pid: u32) -> Vec<u8> {
-    let pri = u32::from(facility) * 8 + u32::from(severity(&r.level));
+    let pri = u32::from(facility) * 8 + u32::from(super::journald::priority(&r.level));
     let head = format!(
         "<{pri}>1 {} {} {APP_NAME} {pid} {} - ",
         r.timestamp(),
