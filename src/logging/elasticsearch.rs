@@ -388,7 +388,7 @@ fn run(cfg: &ElasticsearchDestination, name: &str, inbox: &Inbox) {
             Ok(Err(e)) => Outcome::Retry(e),
             Ok(Ok((status, body))) => outcome(status, &body, batch.len()),
         };
-        let wait = match result {
+        match result {
             Outcome::Delivered => {
                 health.delivered();
                 backoff.reset();
@@ -417,28 +417,22 @@ fn run(cfg: &ElasticsearchDestination, name: &str, inbox: &Inbox) {
                 health.failed(
                     "Elasticsearch asked for documents to be sent again (429 or 5xx in its answer)",
                 );
-                true
             }
-            Outcome::Retry(e) => {
-                health.failed(&e);
-                true
-            }
+            Outcome::Retry(e) => health.failed(&e),
             Outcome::Refused(e) => {
                 health.failed(&e);
                 inbox.dropped.inc_by(batch.len() as u64);
-                batch.clear();
                 // Not retried, but the next batch need not follow at once.
-                true
+                batch.clear();
             }
-        };
-        if wait {
-            if inbox.stopping() {
-                // The last flush failed: what is left counts as dropped.
-                inbox.dropped.inc_by(batch.len() as u64);
-                return;
-            }
-            inbox.sleep(backoff.step());
         }
+        // Not delivered (in full): back off before the next attempt.
+        if inbox.stopping() {
+            // The last flush failed: what is left counts as dropped.
+            inbox.dropped.inc_by(batch.len() as u64);
+            return;
+        }
+        inbox.sleep(backoff.step());
     }
 }
 
