@@ -6,8 +6,8 @@
 //! the daemon serves on.
 
 use crate::util::sandbox::daemon;
-use crate::util::{free_port, get, http_raw, sample, scratch, wait_for};
-use std::io::{Read, Write};
+use crate::util::{free_port, get, http_raw, read_request, sample, scratch, wait_for};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -221,38 +221,14 @@ fn fake_pyroscope() -> (u16, Arc<Mutex<Vec<Push>>>) {
         for conn in l.incoming() {
             let Ok(mut s) = conn else { continue };
             let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 65536];
-            let head_end = loop {
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => break None,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break Some(i + 4);
-                }
+            let Some((head, body)) = read_request(&mut s) else {
+                continue;
             };
-            let Some(head_end) = head_end else { continue };
-            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            while buf.len() < head_end + len {
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
             let target = head.split(' ').nth(1).unwrap_or_default().to_string();
             keep.lock().unwrap().push(Push {
                 target,
                 headers: head,
-                body: buf[head_end..].to_vec(),
+                body,
             });
             let _ =
                 s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");

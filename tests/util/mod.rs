@@ -287,6 +287,51 @@ pub fn fake_backend() -> PathBuf {
         .clone()
 }
 
+/// The slowest of `n` GETs of `path` one after another, each answered 200: what a background
+/// sender (logs, spans) that blocked the request path would show.
+pub fn slowest_get(port: u16, path: &str, n: usize) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..n {
+        let t = Instant::now();
+        assert_eq!(get(port, path).status, 200, "GET {path}");
+        slowest = slowest.max(t.elapsed());
+    }
+    slowest
+}
+
+/// One HTTP/1.1 request read by a test's stand-in server (Elasticsearch, Pyroscope): its head
+/// (request line and headers, as text) and its body, `Content-Length` bytes of it. `None` when
+/// the connection ends or times out before the head is complete.
+pub fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some((head, buf.split_off(head_end)))
+}
+
 /// A real llama-server and model (`tools/llama-backend`: built once per machine and cached; the
 /// first run takes minutes).
 pub fn llama_backend() -> (String, String) {
