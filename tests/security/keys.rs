@@ -301,14 +301,10 @@ fn inference_keys_are_limited_to_their_instances_and_rights() {
         "stopped"
     );
 
-    // Started by a key that may: "kla" runs.
-    let r = as_key(
-        &d,
-        Some(&only_a),
-        "POST",
-        "/v1/chat/completions",
-        &chat("kla"),
-    );
+    // Started by a key that may: "kla" runs. start_timeout is short (the can_evict case below
+    // waits it out), and on a slow host (the emulated vm-test guest) a start can outlast it: the
+    // answer is then 503 "retry later" while the start goes on, so retry as a client would.
+    let r = as_key_retrying(&d, &only_a, &chat("kla"));
     assert_eq!(r.status, 200, "{}", r.body);
     // can_evict = false: under max_running = 1, "klb" would need "kla" stopped; it is not, and
     // the request gives up after start_timeout.
@@ -407,4 +403,18 @@ fn provisioned_keys_from_config_and_credential_and_reload() {
     d.wait_log("configuration reload failed");
     assert_eq!(status_with(added), 200);
     assert_nowhere(&d, &[cred_key, added]);
+}
+
+/// A chat request as `key`, repeated while the answer is the proxy's 503 "not ready within
+/// start_timeout; retry later" (for at most 60 s); returns the first other answer.
+fn as_key_retrying(d: &DaemonUnit, key: &str, body: &str) -> crate::util::Reply {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = as_key(d, Some(key), "POST", "/v1/chat/completions", body);
+        let retry_later = r.status == 503 && r.body.contains("retry later");
+        if !retry_later || std::time::Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
