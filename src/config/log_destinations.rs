@@ -15,7 +15,11 @@ use std::time::Duration;
 /// syslog and Elasticsearch get each line through a bounded queue drained by a thread of their
 /// own, so a slow or dead destination never holds up a request (a full queue drops the line,
 /// counted in `llamactl_log_shipping_dropped_total{destination}`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+//
+// Deserialized in two steps (`Deserialize` below), not by serde's internally tagged enums: those
+// buffer the element first and lose the key path, so a mistyped field was reported as
+// `logging.destinations[1]` without its name.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LogDestination {
     /// A JSON-lines or text file written by the daemon.
@@ -148,14 +152,17 @@ impl SyslogFacility {
 
 /// Documents sent in batches to `{url}/_bulk`, each into the index
 /// `{index_prefix}-YYYY.MM.DD` of its own UTC date.
+// Every key but `url` has a default (one function each: a container-wide `default` would give
+// `url` one too, and llamactl.toml(5) would show `""` for a key that must be set).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct ElasticsearchDestination {
     /// The `destination` label of its drop counter (default `elasticsearch`); unique.
     pub name: Option<String>,
-    /// `http://host:9200`, optionally with a path prefix (a proxy in front); required.
+    /// `http://host:9200`, optionally with a path prefix (a proxy in front).
     pub url: String,
     /// Documents go to the index `{index_prefix}-YYYY.MM.DD` of their UTC date.
+    #[serde(default = "es::index_prefix")]
     pub index_prefix: String,
     /// Basic authentication: both or neither. The password is a secret (never logged).
     pub username: Option<String>,
@@ -164,31 +171,117 @@ pub struct ElasticsearchDestination {
     /// An Elasticsearch API key (the `encoded` value), sent as `Authorization: ApiKey …`.
     pub api_key: Option<Secret>,
     /// Documents waiting to be sent; more are dropped (and counted).
+    #[serde(default = "es::queue_size")]
     pub queue_size: usize,
     /// Most documents in one `_bulk` request.
+    #[serde(default = "es::batch_size")]
     pub batch_size: usize,
     /// Longest a document waits for its batch to fill before the batch is sent.
+    #[serde(default = "es::flush_interval")]
     pub flush_interval: HumanDuration,
     /// Longest one `_bulk` request may take (connecting included) before it counts as failed.
+    #[serde(default = "es::timeout")]
     pub timeout: HumanDuration,
     /// Ceiling of the backoff between retries (it starts at 500 ms and doubles).
+    #[serde(default = "es::max_backoff")]
     pub max_backoff: HumanDuration,
 }
 
+/// Every default, and an empty `url` (which validation refuses): a base for tests.
 impl Default for ElasticsearchDestination {
     fn default() -> Self {
         Self {
             name: None,
             url: String::new(),
-            index_prefix: "llamactl".into(),
+            index_prefix: es::index_prefix(),
             username: None,
             password: None,
             api_key: None,
-            queue_size: 10_000,
-            batch_size: 500,
-            flush_interval: HumanDuration::secs(1),
-            timeout: HumanDuration::secs(10),
-            max_backoff: HumanDuration::secs(30),
+            queue_size: es::queue_size(),
+            batch_size: es::batch_size(),
+            flush_interval: es::flush_interval(),
+            timeout: es::timeout(),
+            max_backoff: es::max_backoff(),
+        }
+    }
+}
+
+/// The defaults of `ElasticsearchDestination`'s keys.
+mod es {
+    use super::HumanDuration;
+
+    pub fn index_prefix() -> String {
+        "llamactl".into()
+    }
+    pub fn queue_size() -> usize {
+        10_000
+    }
+    pub fn batch_size() -> usize {
+        500
+    }
+    pub fn flush_interval() -> HumanDuration {
+        HumanDuration::secs(1)
+    }
+    pub fn timeout() -> HumanDuration {
+        HumanDuration::secs(10)
+    }
+    pub fn max_backoff() -> HumanDuration {
+        HumanDuration::secs(30)
+    }
+}
+
+/// The keys of `type = "file"` (the variant's fields, for the second step of deserializing).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFields {
+    path: PathBuf,
+    #[serde(default = "default_file_format")]
+    format: FileFormat,
+}
+
+impl<'de> Deserialize<'de> for LogDestination {
+    /// First the element as a table, then its `type`, then the rest as that type's struct, with
+    /// the path of a bad key inside the element put into the message (the outer path and
+    /// position are the element's).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(d)?;
+        let kind = match table.remove("type") {
+            Some(toml::Value::String(k)) => k,
+            Some(other) => return Err(D::Error::custom(format!(
+                "`type`: expected a string (\"file\", \"syslog\" or \"elasticsearch\"), found {}",
+                other.type_str()
+            ))),
+            None => return Err(D::Error::missing_field("type")),
+        };
+        fn rest<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+            table: toml::Table,
+        ) -> Result<T, E> {
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let message = inner.message().trim();
+                if path.is_empty() || path == "." {
+                    E::custom(message)
+                } else {
+                    E::custom(format!("`{path}`: {message}"))
+                }
+            })
+        }
+        match kind.as_str() {
+            "file" => {
+                let f: FileFields = rest(table)?;
+                Ok(LogDestination::File {
+                    path: f.path,
+                    format: f.format,
+                })
+            }
+            "syslog" => rest(table).map(LogDestination::Syslog),
+            "elasticsearch" => rest(table).map(LogDestination::Elasticsearch),
+            other => Err(D::Error::unknown_variant(
+                other,
+                &["file", "syslog", "elasticsearch"],
+            )),
         }
     }
 }

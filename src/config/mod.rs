@@ -118,7 +118,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let parse_err = |e: toml::de::Error, key: Option<String>| {
         let mut location = String::new();
         if let Some(span) = e.span() {
-            let (line, col) = line_col(text, span.start);
+            let start = element_start(text, span.start, key.as_deref().unwrap_or_default());
+            let (line, col) = line_col(text, start);
             location.push_str(&format!("line {line}, column {col}, "));
         }
         if let Some(k) = key.filter(|k| !k.is_empty() && k != ".") {
@@ -135,6 +136,35 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let key = e.path().to_string();
         parse_err(e.into_inner(), Some(key))
     })
+}
+
+/// toml places an error inside one element of an array of tables (`[[logging.destinations]]`,
+/// whose elements are read as a whole) at the array's first header. With the key ending in the
+/// element's index, this finds that element's own header: the index-th line equal to the first.
+fn element_start(text: &str, start: usize, key: &str) -> usize {
+    let index = key
+        .strip_suffix(']')
+        .and_then(|k| k.rsplit_once('['))
+        .and_then(|(_, i)| i.parse::<usize>().ok());
+    let (Some(index), Some(rest)) = (index, text.get(start..)) else {
+        return start;
+    };
+    if !rest.starts_with("[[") {
+        return start;
+    }
+    let header = rest.lines().next().unwrap_or_default().trim_end();
+    let mut seen = 0;
+    let mut at = start;
+    for line in rest.split_inclusive('\n') {
+        if line.trim_end() == header {
+            if seen == index {
+                return at;
+            }
+            seen += 1;
+        }
+        at += line.len();
+    }
+    start
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -87,6 +87,44 @@ fn wrong_type_names_line_and_key() {
 }
 
 #[test]
+fn a_bad_key_in_a_log_destination_names_its_element_line_and_key() {
+    let text = "[[logging.destinations]]\ntype = \"file\"\npath = \"/tmp/x.log\"\n\n\
+                [[logging.destinations]]\ntype = \"elasticsearch\"\nurl = \"http://es:9200\"\n\
+                index_prefix = 5\n";
+    let e = parse(text, p()).unwrap_err().to_string();
+    // The second element's header, not the list's first.
+    assert!(e.contains("line 5, column 1"), "{e}");
+    assert!(
+        e.contains("key `logging.destinations[1]`: `index_prefix`: invalid type"),
+        "{e}"
+    );
+    let cases = [
+        // (element, what the message must say)
+        ("type = \"elasticsearch\"\n", "missing field `url`"),
+        (
+            "type = \"syslog\"\nfacility = \"local9\"\n",
+            "`facility`: unknown variant `local9`",
+        ),
+        (
+            "type = \"file\"\npath = \"/x\"\nfacility = \"local0\"\n",
+            "unknown field `facility`",
+        ),
+        ("type = \"stdout\"\n", "unknown variant `stdout`"),
+        ("type = 3\n", "`type`: expected a string"),
+        ("path = \"/x\"\n", "missing field `type`"),
+    ];
+    for (element, want) in cases {
+        let text = format!("[logging]\nlevel = \"info\"\n[[logging.destinations]]\n{element}");
+        let e = parse(&text, p()).unwrap_err().to_string();
+        assert!(
+            e.contains("line 3, column 1, key `logging.destinations[0]`"),
+            "{e}"
+        );
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
+#[test]
 fn syntax_error_names_line() {
     let e = parse("[server\nport = 1\n", p()).unwrap_err().to_string();
     assert!(e.contains("line 1"), "{e}");
@@ -249,7 +287,7 @@ fn destination_validation_errors_name_the_key() {
             "name",
             "already called \"x\"",
         ),
-        ("[[logging.destinations]]\ntype = \"elasticsearch\"\n".to_string(), "url", "required"),
+        ("[[logging.destinations]]\ntype = \"elasticsearch\"\nurl = \" \"\n".to_string(), "url", "required"),
         (
             "[[logging.destinations]]\ntype = \"elasticsearch\"\nurl = \"https://es:9200\"\n".to_string(),
             "url",
