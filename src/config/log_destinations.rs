@@ -248,10 +248,12 @@ impl<'de> Deserialize<'de> for LogDestination {
         let mut table = toml::Table::deserialize(d)?;
         let kind = match table.remove("type") {
             Some(toml::Value::String(k)) => k,
-            Some(other) => return Err(D::Error::custom(format!(
+            Some(other) => {
+                return Err(D::Error::custom(format!(
                 "`type`: expected a string (\"file\", \"syslog\" or \"elasticsearch\"), found {}",
                 other.type_str()
-            ))),
+            )))
+            }
             None => return Err(D::Error::missing_field("type")),
         };
         fn rest<T: serde::de::DeserializeOwned, E: serde::de::Error>(
