@@ -133,7 +133,7 @@ impl Auditor {
             a.lock().failing[FILE] = Some(e.clone());
             error!(component = "audit", error = %e, "the audit file cannot be opened");
         }
-        if let Err(e) = a.admit_check() {
+        if let Err((_, e)) = a.admit_check() {
             error!(component = "audit", error = %e, "an audit destination is not available (running without journald? set [audit] journal = false)");
         }
         a
@@ -179,11 +179,24 @@ impl Auditor {
                 return Ok(());
             }
         }
-        self.admit_check()
-            .map_err(|e| format!("the audit trail cannot record this action ({e}); refused"))
+        self.admit_check().map_err(|(d, e)| {
+            // The mutation's record is one a destination could not take: counted as such, so
+            // `LlamactlAuditWriteFailing` fires in deny mode too, and logged (mutations are
+            // operator actions, rare enough for a line each).
+            self.metrics
+                .audit_write_failures
+                .get_or_create(&DestinationLabels {
+                    destination: DESTINATIONS[d],
+                })
+                .inc();
+            warn!(component = "audit", destination = DESTINATIONS[d], error = %e, "a mutation was refused: the audit trail cannot record it");
+            format!("the audit trail cannot record this action ({e}); refused")
+        })
     }
 
-    fn admit_check(&self) -> Result<(), String> {
+    /// Whether every enabled destination can take a record now; else which one cannot, and why.
+    /// (Also run by `status`, so it counts nothing itself.)
+    fn admit_check(&self) -> Result<(), (usize, String)> {
         let mut g = self.lock();
         self.flush(&mut g);
         let inner = &mut *g;
@@ -197,13 +210,16 @@ impl Auditor {
             };
             if let Err(e) = checked {
                 inner.failing[d] = Some(e.clone());
-                return Err(e);
+                return Err((d, e));
             }
             if inner.pending.iter().any(|p| p.owed[d]) {
-                return Err(format!(
-                    "{} records wait for the {}",
-                    inner.pending.len(),
-                    DESTINATIONS[d]
+                return Err((
+                    d,
+                    format!(
+                        "{} records wait for the {}",
+                        inner.pending.len(),
+                        DESTINATIONS[d]
+                    ),
                 ));
             }
             if inner.failing[d].take().is_some() {

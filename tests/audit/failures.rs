@@ -30,7 +30,28 @@ fn an_unwritable_trail_refuses_mutations_and_loses_nothing() {
         r.body
     );
     assert_eq!(state(&d, "rox"), "stopped");
+    // The refusal itself counts as a failed write (nothing else has been recorded since).
+    let failures = |m: &str| {
+        sample(
+            m,
+            "llamactl_audit_write_failures_total{destination=\"file\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(failures(&get(p, "/metrics").body), 1.0);
     assert_eq!(api("DELETE", p, "/api/v1/instances/rox", None).status, 503);
+    assert_eq!(failures(&get(p, "/metrics").body), 2.0);
+    wait_for(
+        "the refusals in the journal",
+        Duration::from_secs(10),
+        || {
+            let j = d.journal_text();
+            (j.matches("a mutation was refused: the audit trail cannot record it")
+                .count()
+                == 2)
+                .then_some(())
+        },
+    );
     assert_eq!(get(p, "/api/v1/instances/rox").status, 200);
     let health = get(p, "/api/system/health").json();
     let check = health["checks"]
@@ -52,15 +73,7 @@ fn an_unwritable_trail_refuses_mutations_and_loses_nothing() {
     .unwrap();
     assert_eq!(r.status, 401);
     let m = get(p, "/metrics").body;
-    assert!(
-        sample(
-            &m,
-            "llamactl_audit_write_failures_total{destination=\"file\"}"
-        )
-        .unwrap_or(0.0)
-            >= 1.0,
-        "{m}"
-    );
+    assert!(failures(&m) >= 3.0, "{m}");
     assert!(sample(&m, "llamactl_audit_pending_events").unwrap_or(0.0) >= 1.0);
     // ... and are written when the directory is writable again; mutations run again.
     d.sb.ok(&["chmod", "0755", &dir]);
