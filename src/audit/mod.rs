@@ -183,12 +183,7 @@ impl Auditor {
             // The mutation's record is one a destination could not take: counted as such, so
             // `LlamactlAuditWriteFailing` fires in deny mode too, and logged (mutations are
             // operator actions, rare enough for a line each).
-            self.metrics
-                .audit_write_failures
-                .get_or_create(&DestinationLabels {
-                    destination: DESTINATIONS[d],
-                })
-                .inc();
+            self.count_failure(d);
             warn!(component = "audit", destination = DESTINATIONS[d], error = %e, "a mutation was refused: the audit trail cannot record it");
             format!("the audit trail cannot record this action ({e}); refused")
         })
@@ -284,13 +279,18 @@ impl Auditor {
         }
     }
 
-    fn failed(&self, g: &mut Inner, d: usize, err: String) {
+    /// One record destination `d` could not take (`llamactl_audit_write_failures_total`).
+    fn count_failure(&self, d: usize) {
         self.metrics
             .audit_write_failures
             .get_or_create(&DestinationLabels {
                 destination: DESTINATIONS[d],
             })
             .inc();
+    }
+
+    fn failed(&self, g: &mut Inner, d: usize, err: String) {
+        self.count_failure(d);
         if g.failing[d].is_none() {
             error!(component = "audit", destination = DESTINATIONS[d], error = %err, "an audit destination failed; records wait in memory");
         }
