@@ -83,14 +83,28 @@ struct Conn {
 
 impl Conn {
     /// Reads what the socket has into `buf`: `Ok(0)` at the end of the stream.
+    ///
+    /// A read that returns less than it had room for emptied the socket, so the event loop is
+    /// told the socket is no longer readable right away. Otherwise its readiness would stay set
+    /// until a read failed, and the next read (the answer to the request written next) would
+    /// first make a `recv` that can only say "nothing yet": one system call per request.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
+        let room = self.buf.capacity() - self.buf.len();
         loop {
             ready!(self.tcp.poll_read_ready(cx))?;
             match self.tcp.try_read_buf(&mut self.buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(n) if n > 0 && n < room => {
+                    // TCP returns less than asked only when its receive queue is empty. Data
+                    // or a close that arrives after this is a new edge the event loop reports.
+                    let _ = self.tcp.try_io(tokio::io::Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                    return Poll::Ready(Ok(n));
+                }
                 r => return Poll::Ready(r),
             }
         }
