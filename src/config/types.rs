@@ -67,7 +67,10 @@ pub struct ServerConfig {
     /// socket is not counted, so an operator can always get in.
     pub max_connections: usize,
     /// HTTP worker threads, each with its own event loop (like nginx's `worker_processes`);
-    /// 0 = one per CPU the daemon may run on.
+    /// 0 = one per CPU the daemon may run on. One by default: a thread proxies tens of
+    /// thousands of requests a second, far more than the backends behind it answer, and every
+    /// further thread competes with those backends for CPUs (on 2 CPUs, two workers made the
+    /// proxy 1.5× costlier per request than one; bench/proxy-latency.md).
     pub workers: usize,
     /// The local admin socket. Unset: `$RUNTIME_DIRECTORY/llamactl.sock` (systemd's
     /// `RuntimeDirectory=llamactl`), else `/run/llamactl/llamactl.sock`; `""` turns it off.
@@ -104,7 +107,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             header_timeout: HumanDuration::secs(30),
             max_connections: 4096,
-            workers: 0,
+            workers: 1,
             socket: None,
             allowed_hosts: Vec::new(),
             cors_origins: Vec::new(),
