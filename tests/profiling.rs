@@ -200,6 +200,13 @@ fn with_pprof_off_the_port_is_closed() {
         m.contains("llamactl_runtime_workers{runtime=\"main\"} 2"),
         "{m}"
     );
+    // The default config serves HTTP on one worker thread ([server] workers = 1), whatever
+    // the number of CPUs.
+    assert!(
+        m.contains("llamactl_runtime_workers{runtime=\"http0\"} 1"),
+        "{m}"
+    );
+    assert!(!m.contains("runtime=\"http1\""), "{m}");
     assert!(!m.contains("llamactl_profiling_uploads"), "{m}");
 }
 
