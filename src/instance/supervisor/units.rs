@@ -1,12 +1,13 @@
 //! The supervisor's work on units: start and stop an instance's unit (with the desired state
 //! recorded around them, in the order that survives a crash), re-read a unit's state, and the
-//! unit an instance runs as (`plan.rs`). Called with the supervisor's operation lock held.
+//! unit an instance runs as (`plan.rs`). Start and stop are called with the supervisor's
+//! operation lock held; `refresh` serialises itself (it is also called by `follow.rs`).
 
-use super::super::ports::port_free;
-use super::super::runtime::Health;
-use super::super::spec::{self, DesiredState, InstanceSpec};
-use super::super::{policy, trace};
 use super::{not_found, store_error, OpError, Rights, Supervisor};
+use crate::instance::ports::port_free;
+use crate::instance::runtime::Health;
+use crate::instance::spec::{self, DesiredState, InstanceSpec};
+use crate::instance::{policy, trace};
 use crate::systemd::transient::TransientService;
 use crate::systemd::units::UnitError;
 use tracing::{info, warn};
@@ -40,13 +41,13 @@ impl Supervisor {
     /// The unit for an instance, from its spec and the config (`plan.rs`).
     pub(super) fn plan(&self, spec: &InstanceSpec) -> Result<TransientService, OpError> {
         let settings = self.settings();
-        let cfg = super::super::plan::PlanConfig {
+        let cfg = crate::instance::plan::PlanConfig {
             instances: &settings.instances,
             backends: &settings.backends,
             slice: &self.slice,
         };
         let path_var = std::env::var("PATH").ok();
-        super::super::plan::plan(spec, &cfg, &|cmd| {
+        crate::instance::plan::plan(spec, &cfg, &|cmd| {
             spec::resolve_command(cmd, path_var.as_deref())
         })
         .map_err(OpError::Failed)
