@@ -8,10 +8,11 @@
 
 use crate::config::{self, BackendsConfig, Config, InstancesConfig, LimitGroup, MapEnv};
 use crate::host::{cgroup_layout, meminfo};
+use crate::http::lane::head::{self as lane, Parse};
 use crate::instance::logs;
 use crate::instance::spec::{self, DesiredState, InstanceOptions, InstanceSpec};
 use crate::proxy::tokens::{SseScanner, Usage};
-use crate::proxy::upstream::chunked::Chunked;
+use crate::proxy::upstream::chunked::{Chunked, Pass};
 use crate::proxy::upstream::head::{parse_head, Framing};
 use crate::stats::{cgroup, system};
 use bytes::BytesMut;
@@ -27,6 +28,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("spec", spec),
     ("response_head", response_head),
     ("chunked", chunked),
+    ("lane_head", lane_head),
     ("tokens", tokens),
     ("journal", journal),
     ("cgroup", cgroup),
@@ -230,6 +232,66 @@ pub fn chunked(data: &[u8]) {
             usize::from(read) + 1
         ),
     }
+    // Passed on as it came (the lane): the same in pieces as whole, and a body it accepts is
+    // one the decoder reads the same data from (it is the stricter of the two).
+    let passed = pass(body, body.len().max(1));
+    let in_pieces = pass(body, usize::from(read) + 1);
+    match (&passed, &in_pieces) {
+        (Ok(w), Ok(p)) => assert_eq!(w, p, "passed in pieces of {}", usize::from(read) + 1),
+        (Err(_), Err(_)) => {}
+        _ => panic!("passed whole: {passed:?}, in pieces: {in_pieces:?}"),
+    }
+    if let Ok((data, true, used)) = passed {
+        let decoded = decode(Chunked::default(), &body[..used], used.max(1));
+        assert_eq!(
+            decoded,
+            Ok((data, true)),
+            "passed on, but decoded otherwise"
+        );
+    }
+}
+
+/// A request head at the start of a connection (`http::lane`): what the lane takes it is
+/// exactly the head, and what it makes of it agrees with the bytes.
+pub fn lane_head(data: &[u8]) {
+    let Parse::Lane(taken) = lane::classify(data) else {
+        return;
+    };
+    let len = taken.len;
+    assert!(len <= data.len() && len <= lane::MAX_HEAD + 4096);
+    let head = bytes::Bytes::copy_from_slice(&data[..len]);
+    let Some(req) = lane::build(&head, taken) else {
+        return;
+    };
+    assert!(data.starts_with(b"POST /"), "{:?}", &data[..len.min(32)]);
+    assert!(req.target.starts_with('/'));
+    let path = req.target.split('?').next().unwrap_or_default();
+    assert_eq!(lane::model_route(path), Some(req.route));
+    let lengths: Vec<_> = req.headers.get_all("content-length").iter().collect();
+    assert_eq!(lengths.len(), 1);
+    assert_eq!(
+        lengths[0].to_str().ok().and_then(|v| v.parse().ok()),
+        Some(req.content_length)
+    );
+    assert!(!req.headers.contains_key("transfer-encoding"));
+}
+
+/// What passing `body` on as it came (`Pass`, `read` bytes at a time) finds: the data, whether
+/// the body ended, and how many bytes it was. It never takes more bytes than it was given.
+fn pass(body: &[u8], read: usize) -> Result<(Vec<u8>, bool, usize), String> {
+    let (mut p, mut out, mut used) = (Pass::default(), Vec::new(), 0);
+    for piece in body.chunks(read) {
+        let n = p
+            .pass(piece, |r| out.extend_from_slice(&piece[r]))
+            .map_err(|e| e.to_string())?;
+        assert!(n <= piece.len());
+        used += n;
+        if p.is_done() {
+            break;
+        }
+        assert_eq!(n, piece.len(), "stopped inside a body it had not finished");
+    }
+    Ok((out, p.is_done(), used))
 }
 
 /// Decodes `body` arriving `read` bytes at a time: the data and whether the body ended.

@@ -8,8 +8,8 @@ pub const LAYERS: &[&[&str]] = &[
     &["logging", "stats", "systemd", "auth", "telemetry"],
     &["instance", "metrics"],
     &["proxy", "audit", "debug"],
-    &["http", "fuzzing"],
-    &["daemon", "cli"],
+    &["http"],
+    &["daemon", "cli", "fuzzing"],
 ];
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod cli; // --check-config, help, man pages, client errors
 mod dashboard; // the Grafana dashboard: every panel's expressions return data from a real Prometheus scraping a daemon
 mod drills; // reliability drills: kill -9 under load, bus stopped, full disk, hung backends, connection floods
 mod instances; // instances as transient units: lifecycle, restarts, adoption, CLI
+mod lane; // the front door's own HTTP/1.1 for model requests: pipelining, hand-off to hyper, Expect, close, timeouts, framing
 mod limits; // the HTTP server's connection limits: header timeout, max connections, slowloris
 mod log_shipping; // [[logging.destinations]] syslog (RFC 5424 on a test socket, parsed by a real rsyslog) and Elasticsearch (_bulk to a local stand-in); a dead one costs requests nothing
 mod operations; // instance operations run to completion: a client leaving, 202 after request_timeout

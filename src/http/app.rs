@@ -59,9 +59,9 @@ impl MakeApp {
 /// The service of one connection.
 #[derive(Clone)]
 pub struct App {
-    state: Arc<AppState>,
+    pub(super) state: Arc<AppState>,
     router: Router,
-    peer: Arc<Peer>,
+    pub(super) peer: Arc<Peer>,
 }
 
 /// The route template a model request is counted under, as the router names it.
@@ -69,11 +69,7 @@ fn model_route(req: &Request) -> Option<&'static str> {
     if req.method() != Method::POST {
         return None;
     }
-    match req.uri().path() {
-        "/infill" => Some("/infill"),
-        p if p.starts_with("/v1/") && p.len() > 4 => Some("/v1/{*rest}"),
-        _ => None,
-    }
+    super::lane::head::model_route(req.uri().path())
 }
 
 impl Service<Request> for App {
@@ -108,15 +104,16 @@ impl Service<Request> for App {
                 }
             };
             let need = Need::Scope(Scope::Inference);
-            let mut res = match guard::check(&state, &peer, need, route, &req) {
-                Ok(checked) => {
-                    let res =
-                        crate::proxy::model_request(&state.proxy, req, checked.caller.clone())
-                            .await;
-                    checked.decorate(res)
-                }
-                Err(answer) => *answer,
-            };
+            let mut res =
+                match guard::check(&state, &peer, need, route, req.method(), req.headers()) {
+                    Ok(checked) => {
+                        let res =
+                            crate::proxy::model_request(&state.proxy, req, checked.caller.clone())
+                                .await;
+                        checked.decorate(res)
+                    }
+                    Err(answer) => *answer,
+                };
             observe::record(
                 &state,
                 "POST",

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Caller, CallerExt, KeyUsage};
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -125,12 +125,17 @@ pub struct Checked {
 impl Checked {
     /// Adds the CORS headers a listed origin gets.
     pub fn decorate(&self, mut res: Response) -> Response {
+        self.decorate_headers(res.headers_mut());
+        res
+    }
+
+    /// Adds the CORS headers a listed origin gets to a response's headers.
+    pub fn decorate_headers(&self, headers: &mut HeaderMap) {
         if let Some(o) = &self.cors {
             for (k, v) in browser::cors_headers(o, false) {
-                res.headers_mut().insert(k, v);
+                headers.insert(k, v);
             }
         }
-        res
     }
 }
 
@@ -168,10 +173,10 @@ pub fn check(
     peer: &Arc<Peer>,
     need: Need,
     route: &str,
-    req: &Request,
+    method: &Method,
+    headers: &HeaderMap,
 ) -> Result<Checked, Box<Response>> {
     let cfg = state.config();
-    let (method, headers) = (req.method(), req.headers());
     let scope = need.scope();
     let request_id = headers.get("x-request-id").cloned();
     let refuse = |d: Denied| {
@@ -335,7 +340,7 @@ pub async fn guard(
         .map(|m| m.as_str().to_string());
     let route = template.as_deref().unwrap_or(super::observe::UNMATCHED);
     let need = auth::route_need(template.as_deref(), &metrics_path);
-    let checked = match check(&state, &peer, need, route, &req) {
+    let checked = match check(&state, &peer, need, route, req.method(), req.headers()) {
         Ok(c) => c,
         Err(answer) => return *answer,
     };

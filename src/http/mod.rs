@@ -10,6 +10,7 @@ pub mod health;
 pub mod heartbeat;
 mod instances;
 mod keys;
+pub(crate) mod lane;
 mod observe;
 mod request_id;
 pub mod serve;

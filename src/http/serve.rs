@@ -353,7 +353,7 @@ async fn worker(
         let slot = handed.slot;
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            serve_connection(io, app, limits, &metrics, closing).await;
+            super::lane::serve(io, app, limits, &metrics, closing).await;
             drop(slot);
         });
     }
@@ -362,13 +362,16 @@ async fn worker(
     closing_tx.closed().await;
 }
 
-async fn serve_connection(
-    io: Conn,
+/// Serves a connection with hyper (everything but model requests; see `lane`).
+pub(super) async fn serve_hyper<I>(
+    io: I,
     app: super::app::App,
     limits: Limits,
     metrics: &HttpMetrics,
     mut closing: watch::Receiver<bool>,
-) {
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let mut app = app.clone();
         app.call(req.map(axum::body::Body::new))
@@ -418,6 +421,58 @@ async fn accept_error(e: io::Error) {
 pub enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+impl Conn {
+    /// Waits until the peer sends something or closes: `true` for a close (or a reset), `false`
+    /// for data, which stays unread.
+    pub async fn peer_closed(&self) -> bool {
+        loop {
+            let peeked = match self {
+                Conn::Tcp(s) => match s.readable().await {
+                    Ok(()) => s.try_io(tokio::io::Interest::READABLE, || peek(s.as_raw_fd())),
+                    Err(_) => return true,
+                },
+                Conn::Unix(s) => match s.readable().await {
+                    Ok(()) => s.try_io(tokio::io::Interest::READABLE, || peek(s.as_raw_fd())),
+                    Err(_) => return true,
+                },
+            };
+            match peeked {
+                Ok(0) => return true,
+                Ok(_) => return false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Completes when the peer closes the connection; never if it sends something first.
+    pub async fn closed(&self) {
+        if !self.peer_closed().await {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Looks at the next byte of a socket without taking it: `Ok(0)` at its end.
+fn peek(fd: std::os::fd::RawFd) -> io::Result<usize> {
+    let mut byte = 0u8;
+    // SAFETY: `recv` writes at most 1 byte into `byte`, which lives across the call; `fd` is the
+    // caller's open socket.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 impl AsyncRead for Conn {

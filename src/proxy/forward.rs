@@ -68,26 +68,79 @@ struct Stream {
 /// Upper bound of a JSON body kept to read its `usage` (the body itself streams regardless).
 const JSON_KEEP: usize = 8 << 20;
 
-/// The backend's response body on its way to the client: passes frames through as they come
-/// (one per read of the backend's socket, see `upstream`), notes the time to first byte, scans
-/// for token counts, and records the metrics at the end.
-struct Tap {
-    body: upstream::Body,
+/// What is watched of a backend's answer on its way to the client, whichever way it goes (as
+/// hyper body frames through `Tap`, or passed on as it came by `http::lane`): the time to first
+/// byte and to first text, token counts, and the metrics recorded once at the end.
+pub struct Watcher {
     watch: Watch,
     status: u16,
     first_byte: Option<f64>,
     scan: Scan,
     finished: bool,
-    /// When the backend last sent something. The timer below is armed for `last + idle` and,
-    /// when it fires early (something came since), re-armed: no timer work per frame.
+    /// When the backend last sent something.
     last: Instant,
+}
+
+/// The backend's response body on its way to the client: passes frames through as they come
+/// (one per read of the backend's socket, see `upstream`), and the watcher sees each.
+struct Tap {
+    body: upstream::Body,
+    w: Watcher,
+    /// Armed for `last + idle` and, when it fires early (something came since), re-armed: no
+    /// timer work per frame.
     silence: Pin<Box<tokio::time::Sleep>>,
 }
 
-impl Tap {
-    fn seen(&mut self, data: &Bytes) {
+impl Watcher {
+    /// Watches an answer whose head was `head`, for `watch`.
+    pub fn new(head: &upstream::Head, watch: Watch) -> Self {
+        let ctype = head
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes())
+            .unwrap_or(b"");
+        let scan = if ctype.starts_with(b"text/event-stream") {
+            let key = watch.llm.as_ref().map(|(_, k)| *k).unwrap_or_default();
+            Scan::Sse(Box::new(Stream {
+                scanner: SseScanner::new(key),
+                first_text: None,
+                last_text: None,
+                itl: Tally::new(crate::metrics::llm::ITL_BUCKETS),
+            }))
+        } else if ctype.starts_with(b"application/json") {
+            Scan::Json(Vec::new(), 0)
+        } else {
+            Scan::None
+        };
+        Self {
+            watch,
+            status: head.status.as_u16(),
+            first_byte: None,
+            scan,
+            finished: false,
+            last: Instant::now(),
+        }
+    }
+
+    /// The backend sent something just now.
+    pub fn arrived(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// When the backend will have been silent for `backend_idle_timeout`, unless it sends more.
+    pub fn silent_at(&self) -> Instant {
+        self.last + self.watch.idle_timeout
+    }
+
+    /// The backend's status, which the request is counted under if it ends normally.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Body data as the client receives it (after `arrived`).
+    pub fn seen(&mut self, data: &Bytes) {
         if self.first_byte.is_none() {
-            self.first_byte = Some(self.watch.started.elapsed().as_secs_f64());
+            self.first_byte = Some((self.last - self.watch.started).as_secs_f64());
         }
         match &mut self.scan {
             Scan::Sse(s) => {
@@ -119,7 +172,7 @@ impl Tap {
 
     /// Records the request: with the backend's status when the body ended (or the backend
     /// broke off), with `CLIENT_GONE` when the client left before the end.
-    fn finish(&mut self, status: u16) {
+    pub fn finish(&mut self, status: u16) {
         if self.finished {
             return;
         }
@@ -189,6 +242,21 @@ impl Tap {
     }
 }
 
+impl Watcher {
+    /// The backend stayed silent for `backend_idle_timeout`: the request is counted as
+    /// `BACKEND_SILENT`, and this is the error that cuts the client's response short.
+    pub fn silenced(&mut self) -> io::Error {
+        self.finish(BACKEND_SILENT);
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the backend sent nothing for {} s ([proxy] backend_idle_timeout)",
+                self.watch.idle_timeout.as_secs_f64()
+            ),
+        )
+    }
+}
+
 impl Tap {
     /// Nothing from the backend: `Pending` while it has been silent for less than the idle
     /// timeout, else the response ends with an error (the client sees it cut short) and is
@@ -197,25 +265,18 @@ impl Tap {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        if self.finished {
+        if self.w.finished {
             return Poll::Ready(None);
         }
         loop {
             ready!(self.silence.as_mut().poll(cx));
-            let due = self.last + self.watch.idle_timeout;
+            let due = self.w.silent_at();
             if Instant::now() >= due {
                 break;
             }
             self.silence.as_mut().reset(due.into());
         }
-        self.finish(BACKEND_SILENT);
-        Poll::Ready(Some(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "the backend sent nothing for {} s ([proxy] backend_idle_timeout)",
-                self.watch.idle_timeout.as_secs_f64()
-            ),
-        ))))
+        Poll::Ready(Some(Err(self.w.silenced())))
     }
 }
 
@@ -230,7 +291,7 @@ impl HttpBody for Tap {
         let this = self.get_mut();
         let next = match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(next) => {
-                this.last = Instant::now();
+                this.w.arrived();
                 next
             }
             Poll::Pending => return this.poll_silence(cx),
@@ -238,19 +299,19 @@ impl HttpBody for Tap {
         match &next {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref().filter(|d| !d.is_empty()) {
-                    this.seen(d);
+                    this.w.seen(d);
                 }
                 if this.body.is_end_stream() {
-                    this.finish(this.status);
+                    this.w.finish(this.w.status);
                 }
             }
-            _ => this.finish(this.status),
+            _ => this.w.finish(this.w.status),
         }
         Poll::Ready(next)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished || self.body.is_end_stream()
+        self.w.finished || self.body.is_end_stream()
     }
 
     /// The backend's exact length, when it sent one, lets the client see a Content-Length
@@ -262,51 +323,28 @@ impl HttpBody for Tap {
 
 impl Drop for Tap {
     fn drop(&mut self) {
+        // A body with nothing left (HEAD, 204, a complete one) was delivered in full; one
+        // dropped before (the client left mid-stream) is counted by the watcher's own drop.
+        if self.body.is_end_stream() {
+            self.w.finish(self.w.status);
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
         // A client that left mid-stream: counted as such (nginx's 499), with the tokens seen;
-        // dropping `body` closes the upstream connection, which makes llama-server stop
-        // generating.
-        // A body with nothing left (HEAD, 204, a complete one) was delivered in full.
-        let status = if self.body.is_end_stream() {
-            self.status
-        } else {
-            CLIENT_GONE
-        };
-        self.finish(status);
+        // dropping the body with it closes the upstream connection, which makes llama-server
+        // stop generating.
+        self.finish(CLIENT_GONE);
     }
 }
 
 /// Streams the backend's response to the client through the tap.
 pub fn respond(head: upstream::Head, body: upstream::Body, watch: Watch) -> Response<Body> {
-    let ctype = head
-        .headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.as_bytes())
-        .unwrap_or(b"");
-    let scan = if ctype.starts_with(b"text/event-stream") {
-        let key = watch.llm.as_ref().map(|(_, k)| *k).unwrap_or_default();
-        Scan::Sse(Box::new(Stream {
-            scanner: SseScanner::new(key),
-            first_text: None,
-            last_text: None,
-            itl: Tally::new(crate::metrics::llm::ITL_BUCKETS),
-        }))
-    } else if ctype.starts_with(b"application/json") {
-        Scan::Json(Vec::new(), 0)
-    } else {
-        Scan::None
-    };
-    let now = Instant::now();
-    let silence = Box::pin(tokio::time::sleep_until((now + watch.idle_timeout).into()));
-    let tap = Tap {
-        body,
-        watch,
-        status: head.status.as_u16(),
-        first_byte: None,
-        scan,
-        finished: false,
-        last: now,
-        silence,
-    };
+    let w = Watcher::new(&head, watch);
+    let silence = Box::pin(tokio::time::sleep_until(w.silent_at().into()));
+    let tap = Tap { body, w, silence };
     let mut out = Response::new(Body::new(tap));
     *out.status_mut() = head.status;
     *out.headers_mut() = head.headers;
@@ -314,249 +352,4 @@ pub fn respond(head: upstream::Head, body: upstream::Body, watch: Watch) -> Resp
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::metrics::proxy::{ProxyMetrics, TokenLabels};
-    use axum::http::Method;
-    use http_body_util::BodyExt;
-    use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio::sync::mpsc;
-
-    const EVENTS: [&str; 4] = [
-        "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
-        "data: {\"choices\":[{\"delta\":{\"content\":\" there\"}}]}\n\n",
-        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n",
-        "data: [DONE]\n\n",
-    ];
-
-    fn chunk(event: &str) -> String {
-        format!("{:x}\r\n{event}\r\n", event.len())
-    }
-
-    const HEAD: &str =
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-
-    async fn read_request(s: &mut TcpStream) {
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.expect("read request");
-            assert!(n > 0, "client closed");
-            seen.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    /// Sends one request through `respond` to a backend on `addr`; returns the tapped body and
-    /// the metrics it reports to.
-    /// The body, and the metrics its series record to (the series are kept alive, as an
-    /// instance's handle keeps them: dropped, they leave the metrics).
-    async fn proxied(addr: std::net::SocketAddr) -> (Body, ProxyMetrics) {
-        proxied_with(addr, Duration::from_secs(30)).await
-    }
-
-    async fn proxied_with(addr: std::net::SocketAddr, idle: Duration) -> (Body, ProxyMetrics) {
-        let metrics = ProxyMetrics::register(&mut prometheus_client::registry::Registry::default());
-        let addr = addr.to_string();
-        let body = Bytes::from_static(b"{}");
-        let head = upstream::encode_head(
-            &Method::POST,
-            "/v1/chat/completions",
-            &axum::http::HeaderMap::new(),
-            &addr,
-            body.len(),
-            None,
-        )
-        .expect("a valid target");
-        let limits = upstream::HeadLimits {
-            timeout: Duration::from_secs(30),
-            max_interim: 8,
-        };
-        let (head, body) = upstream::send(&addr, &head, &body, &Method::POST, limits)
-            .await
-            .expect("backend answers");
-        let series =
-            std::sync::Arc::new(InstanceSeries::new(&metrics, "t", super::super::ENDPOINTS));
-        std::mem::forget(series.clone());
-        let watch = Watch {
-            llm: Some((series.llm("t"), TextKey::Content)),
-            span: crate::telemetry::OpSpan::default(),
-            series,
-            endpoint: 0,
-            started: Instant::now(),
-            _in_flight: None,
-            usage: None,
-            idle_timeout: idle,
-        };
-        (respond(head, body, watch).into_body(), metrics)
-    }
-
-    fn requests(m: &ProxyMetrics, status: u16) -> u64 {
-        m.requests
-            .get_or_create(&crate::metrics::proxy::RequestLabels {
-                instance_name: "t".into(),
-                endpoint: "chat_completions".into(),
-                status,
-            })
-            .get()
-    }
-
-    /// A client that leaves mid-stream is counted as 499 (with the tokens seen so far), not
-    /// as the backend's 200; one that reads to the end, as 200.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_client_that_leaves_mid_stream_is_counted_as_499() {
-        for read_all in [false, true] {
-            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = l.local_addr().expect("addr");
-            tokio::spawn(async move {
-                let (mut s, _) = l.accept().await.expect("accept");
-                read_request(&mut s).await;
-                s.write_all(HEAD.as_bytes()).await.expect("write");
-                s.write_all(chunk(EVENTS[0]).as_bytes())
-                    .await
-                    .expect("write");
-                if read_all {
-                    let rest: String = EVENTS[1..].iter().map(|e| chunk(e)).collect();
-                    let _ = s.write_all(format!("{rest}0\r\n\r\n").as_bytes()).await;
-                }
-                let _ = s.read(&mut [0u8; 16]).await;
-            });
-            let (mut body, metrics) = proxied(addr).await;
-            let first = body.frame().await.expect("a frame").expect("data");
-            assert!(first.is_data());
-            if read_all {
-                while let Some(f) = body.frame().await {
-                    f.expect("frame");
-                }
-            }
-            drop(body);
-            let (gone, ok) = (requests(&metrics, CLIENT_GONE), requests(&metrics, 200));
-            assert_eq!((gone, ok), if read_all { (0, 1) } else { (1, 0) });
-        }
-    }
-
-    /// A backend that goes silent mid-stream is cut off after the idle timeout: the client's
-    /// body ends with an error, the request is counted as 504 and no longer in flight; a slow
-    /// but steady one is not.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_backend_silent_mid_stream_is_cut_off_after_the_idle_timeout() {
-        for steady in [false, true] {
-            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = l.local_addr().expect("addr");
-            tokio::spawn(async move {
-                let (mut s, _) = l.accept().await.expect("accept");
-                read_request(&mut s).await;
-                s.write_all(HEAD.as_bytes()).await.expect("write");
-                for e in EVENTS {
-                    let _ = s.write_all(chunk(e).as_bytes()).await;
-                    if !steady {
-                        // Hung after the first event.
-                        let _ = s.read(&mut [0u8; 16]).await;
-                        return;
-                    }
-                    // Slower than nothing at all, well within the idle timeout each time.
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                }
-                let _ = s.write_all(b"0\r\n\r\n").await;
-                let _ = s.read(&mut [0u8; 16]).await;
-            });
-            let (mut body, metrics) = proxied_with(addr, Duration::from_millis(300)).await;
-            let started = Instant::now();
-            let mut frames = 0;
-            let end = loop {
-                match tokio::time::timeout(Duration::from_secs(10), body.frame()).await {
-                    Err(_) => panic!("the body neither ended nor failed"),
-                    Ok(None) => break Ok(()),
-                    Ok(Some(Ok(_))) => frames += 1,
-                    Ok(Some(Err(e))) => break Err(e.to_string()),
-                }
-            };
-            if steady {
-                assert_eq!(end, Ok(()));
-                assert_eq!(frames, EVENTS.len());
-                assert_eq!((requests(&metrics, 200), requests(&metrics, 504)), (1, 0));
-            } else {
-                let e = end.expect_err("cut off");
-                assert!(e.contains("backend_idle_timeout"), "{e}");
-                assert!(started.elapsed() >= Duration::from_millis(250));
-                assert_eq!(frames, 1);
-                assert_eq!((requests(&metrics, 200), requests(&metrics, 504)), (0, 1));
-            }
-        }
-    }
-
-    fn tokens(m: &ProxyMetrics, kind: &str) -> u64 {
-        m.tokens
-            .get_or_create(&TokenLabels {
-                instance_name: "t".into(),
-                r#type: kind.into(),
-            })
-            .get()
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn an_sse_burst_read_with_the_head_leaves_in_one_write() {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.expect("accept");
-            read_request(&mut s).await;
-            // Everything in one write, as a backend that generated it at once would.
-            let all: String = EVENTS.iter().map(|e| chunk(e)).collect();
-            s.write_all(format!("{HEAD}{all}0\r\n\r\n").as_bytes())
-                .await
-                .expect("write");
-            let _ = s.read(&mut [0u8; 16]).await;
-        });
-        let (mut body, metrics) = proxied(addr).await;
-        let mut frames = Vec::new();
-        while let Some(f) = body.frame().await {
-            if let Ok(d) = f.expect("frame").into_data() {
-                frames.push(d);
-            }
-        }
-        assert_eq!(frames.concat(), EVENTS.concat().as_bytes());
-        assert_eq!(frames.len(), 1, "what one read gave, in one frame");
-        assert_eq!(
-            (tokens(&metrics, "prompt"), tokens(&metrics, "completion")),
-            (5, 2)
-        );
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_slow_stream_is_not_held_back_waiting_for_more() {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
-        // The backend sends the next event only once the client has received the previous
-        // one: if the tap held an event until more data came, this would never finish.
-        let (got_tx, mut got_rx) = mpsc::unbounded_channel::<()>();
-        tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.expect("accept");
-            read_request(&mut s).await;
-            s.write_all(HEAD.as_bytes()).await.expect("write");
-            for e in EVENTS {
-                s.write_all(chunk(e).as_bytes()).await.expect("write");
-                if got_rx.recv().await.is_none() {
-                    return;
-                }
-            }
-            s.write_all(b"0\r\n\r\n").await.expect("write");
-            let _ = s.read(&mut [0u8; 16]).await;
-        });
-        let (mut body, _) = proxied(addr).await;
-        let received = tokio::time::timeout(Duration::from_secs(30), async {
-            let mut all = Vec::new();
-            while let Some(f) = body.frame().await {
-                if let Ok(d) = f.expect("frame").into_data() {
-                    all.extend_from_slice(&d);
-                    let _ = got_tx.send(());
-                }
-            }
-            all
-        })
-        .await
-        .expect("every event arrives without the next one being sent");
-        assert_eq!(received, EVENTS.concat().as_bytes());
-    }
-}
+mod tests;

@@ -120,16 +120,37 @@ pub async fn read(
     match tokio::time::timeout(limits.deadline, reading).await {
         Ok(Ok(bytes)) => Ok((bytes, held)),
         Ok(Err(answer)) => Err(answer),
-        Err(_) => Err(oai_error(
-            StatusCode::REQUEST_TIMEOUT,
-            "invalid_request_error",
-            "request_timeout",
-            format!(
-                "the request body did not arrive within {} s ([proxy] body_timeout)",
-                limits.deadline.as_secs_f64()
-            ),
-        )),
+        Err(_) => Err(timed_out(limits.deadline)),
     }
+}
+
+/// A body whose length is declared and which the front door reads itself (`http::lane`): the
+/// answer that refuses it before anything is read, or its bytes of the budget, taken at once.
+pub fn admit(limits: Limits, budget: &Budget, len: u64) -> Result<Held, Box<Response>> {
+    let max = limits.max_bytes;
+    if len > max {
+        return Err(Box::new(too_large(format!(
+            "request body of {len} bytes is over the limit of {max} bytes"
+        ))));
+    }
+    let mut held = Held::default();
+    match usize::try_from(len) {
+        Ok(n) if held.take(budget, n) => Ok(held),
+        _ => Err(Box::new(busy())),
+    }
+}
+
+/// The answer to a body that did not arrive within `[proxy] body_timeout`.
+pub fn timed_out(deadline: Duration) -> Response {
+    oai_error(
+        StatusCode::REQUEST_TIMEOUT,
+        "invalid_request_error",
+        "request_timeout",
+        format!(
+            "the request body did not arrive within {} s ([proxy] body_timeout)",
+            deadline.as_secs_f64()
+        ),
+    )
 }
 
 fn too_large(message: String) -> Response {

@@ -4,11 +4,14 @@
 //! `/props`, `/metrics`). Errors use OpenAI's shape: `{"error":{"message","type","code"}}`.
 
 mod forward;
-mod intake;
+pub(crate) mod intake;
+mod model;
 pub mod tokens;
 pub(crate) mod upstream;
 
-pub use upstream::idle_sweeper;
+pub use forward::{Watcher, CLIENT_GONE};
+pub use model::{forward_model, model_request, Forward, Incoming};
+pub use upstream::{idle_sweeper, Head, RawBody, RawFraming};
 
 use crate::config::{Live, ProxyConfig};
 use crate::instance::demand::Requester;
@@ -22,7 +25,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -58,6 +60,11 @@ impl Proxy {
         h.ext(|| Arc::new(InstanceSeries::new(&self.metrics, h.name(), ENDPOINTS)))
             .cloned()
             .unwrap_or_else(|| Arc::new(InstanceSeries::new(&self.metrics, h.name(), ENDPOINTS)))
+    }
+
+    /// What the bodies being read or forwarded may hold together (`max_buffered_bytes`).
+    pub(crate) fn budget(&self) -> &intake::Budget {
+        &self.budget
     }
 
     /// Applies a reloaded `[proxy]`: the next request uses it.
@@ -200,32 +207,6 @@ fn endpoint(path: &str) -> usize {
     }
 }
 
-/// The span of a model request (OpenTelemetry GenAI: named `{operation} {model}`), a child
-/// of the client's `traceparent`; empty unless traces are on and the trace is sampled.
-fn model_span(parts: &axum::http::request::Parts, model: &str) -> telemetry::OpSpan {
-    if !telemetry::enabled() {
-        return telemetry::OpSpan::default();
-    }
-    let endpoint = endpoint(parts.uri.path());
-    let operation = match ENDPOINTS.get(endpoint) {
-        Some(&"chat_completions" | &"messages") => "chat",
-        Some(&"completions" | &"infill") => "text_completion",
-        Some(&"embeddings") => "embeddings",
-        Some(&"rerank") => "rerank",
-        _ => "other",
-    };
-    telemetry::OpSpan::server(
-        format!("{operation} {model}"),
-        &parts.headers,
-        vec![
-            telemetry::Attr::new("gen_ai.operation.name", operation),
-            telemetry::Attr::new("gen_ai.request.model", model.to_string()),
-            telemetry::Attr::new("http.request.method", parts.method.as_str().to_string()),
-            telemetry::Attr::new("http.route", parts.uri.path().to_string()),
-        ],
-    )
-}
-
 /// Where an endpoint's streamed events put generated text.
 fn text_key(endpoint: usize) -> TextKey {
     match ENDPOINTS.get(endpoint) {
@@ -274,11 +255,6 @@ async fn read_body(
     intake::read(limits, &s.budget, headers, body).await
 }
 
-#[derive(Deserialize)]
-struct ModelField {
-    model: Option<String>,
-}
-
 /// `POST /v1/*` through the router (the daemon's front door calls `model_request` directly).
 async fn by_model<T: HasProxy>(
     State(s): S<T>,
@@ -286,82 +262,6 @@ async fn by_model<T: HasProxy>(
     req: Request,
 ) -> Response {
     model_request(s.proxy(), req, caller.0).await
-}
-
-/// A model request: routed by its `model` field, started on demand, forwarded. An instance the
-/// caller may not use answers exactly as an unknown model would, so names do not leak.
-pub async fn model_request(s: &Proxy, req: Request, caller: Arc<dyn Caller>) -> Response {
-    let started = Instant::now();
-    let (parts, body) = req.into_parts();
-    let cfg = s.config();
-    let (bytes, held) = match read_body(s, &cfg, &parts.headers, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let model = match serde_json::from_slice::<ModelField>(&bytes) {
-        Ok(ModelField { model: Some(m) }) if !m.is_empty() => m,
-        Ok(_) => {
-            return oai_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "model_required",
-                "the request has no \"model\"",
-            )
-        }
-        Err(e) => {
-            return oai_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_json",
-                format!("the request body is not valid JSON: {e}"),
-            )
-        }
-    };
-    let span = model_span(&parts, &model);
-    let Some(handle) = s
-        .instances
-        .route(&model)
-        .filter(|h| caller.may_use(h.name()))
-    else {
-        span.fail("model_not_found");
-        return oai_error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "model_not_found",
-            format!("the model {model:?} does not exist (GET /v1/models lists them)"),
-        );
-    };
-    // In flight from here on, so neither idle stop nor eviction can take the instance away
-    // between it being made ready and the request reaching it.
-    let in_flight = handle.begin();
-    let timeout = cfg.start_timeout.get();
-    let queued = Instant::now();
-    span.set(telemetry::Attr::new(
-        "llamactl.instance",
-        handle.name().to_string(),
-    ));
-    if let Err(e) = span
-        .run(s.instances.ensure_ready(&handle, timeout, caller.clone()))
-        .await
-    {
-        span.fail(e.to_string());
-        return op_error(e);
-    }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let out = Outgoing {
-        in_flight,
-        endpoint: endpoint(parts.uri.path()),
-        started,
-        usage: caller.usage(),
-        model: Some((model, queued.elapsed().as_secs_f64())),
-        span,
-        _held: held,
-    };
-    send(s, out, &parts.method, &parts.headers, path_and_query, bytes).await
 }
 
 /// What a direct request asks of the instance: the URL's own path after
@@ -428,7 +328,10 @@ async fn direct<T: HasProxy>(
         span: telemetry::OpSpan::default(),
         _held: held,
     };
-    send(s, out, &parts.method, &parts.headers, &pq, bytes).await
+    match send(s, out, &parts.method, &parts.headers, &pq, bytes).await {
+        Ok(f) => f.respond(),
+        Err(r) => r,
+    }
 }
 
 /// A request on its way to an instance, and what its metrics need.
@@ -453,7 +356,7 @@ async fn send(
     headers: &axum::http::HeaderMap,
     path_and_query: &str,
     body: axum::body::Bytes,
-) -> Response {
+) -> Result<Forward, Response> {
     let Outgoing {
         in_flight,
         endpoint,
@@ -481,7 +384,9 @@ async fn send(
     };
     let target = handle.target();
     let Some(addr) = target.addr.as_deref() else {
-        return op_error(OpError::NotFound(format!("instance {name:?} has no port")));
+        return Err(op_error(OpError::NotFound(format!(
+            "instance {name:?} has no port"
+        ))));
     };
     let traceparent = span.traceparent();
     let head = match upstream::encode_head_traced(
@@ -495,21 +400,21 @@ async fn send(
     ) {
         Ok(h) => h,
         Err(e) => {
-            return oai_error(
+            return Err(oai_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 "invalid_request",
                 e,
-            )
+            ))
         }
     };
     let answer = upstream::send(addr, &head, &body, method, limits).await;
     drop(_held);
     match answer {
-        Ok((head, body)) => forward::respond(
+        Ok((head, body)) => Ok(Forward {
             head,
             body,
-            forward::Watch {
+            watch: forward::Watch {
                 series,
                 endpoint,
                 started,
@@ -519,28 +424,28 @@ async fn send(
                 llm: Some((llm, text_key(endpoint))),
                 span,
             },
-        ),
+        }),
         Err(e @ upstream::UpstreamError::HeadTimeout(_)) => {
             series.observe(endpoint, 504, started.elapsed().as_secs_f64(), None);
             span.set(telemetry::Attr::new("http.response.status_code", 504));
             span.fail(e.to_string());
-            oai_error(
+            Err(oai_error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "server_error",
                 "backend_timeout",
                 format!("instance {name:?} did not answer in time: {e}"),
-            )
+            ))
         }
         Err(e) => {
             series.observe(endpoint, 502, started.elapsed().as_secs_f64(), None);
             span.set(telemetry::Attr::new("http.response.status_code", 502));
             span.fail(e.to_string());
-            oai_error(
+            Err(oai_error(
                 StatusCode::BAD_GATEWAY,
                 "server_error",
                 "backend_unreachable",
                 format!("instance {name:?} did not answer: {e}"),
-            )
+            ))
         }
     }
 }

@@ -20,6 +20,7 @@
 
 pub(crate) mod chunked;
 pub(crate) mod head;
+mod raw;
 
 use axum::http::{Method, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
@@ -28,6 +29,7 @@ pub use head::encode_head;
 pub use head::{encode_head_traced, Head};
 use head::{parse_head, Framing};
 use hyper::body::{Frame, SizeHint};
+pub use raw::{RawBody, RawFraming};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -110,6 +112,13 @@ impl Conn {
         }
     }
 
+    /// Whether the event loop has seen nothing arrive on the socket (no data, no close) since
+    /// its last read emptied it. Free: no system call, but only as new as the loop's last look.
+    fn quiet(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.tcp.poll_read_ready(&mut cx).is_pending()
+    }
+
     /// Whether an idle connection can take a request: the backend has sent nothing since the
     /// last answer, not even its close. Asks the socket itself (one `recv` that peeks), not the
     /// event loop's view of it, which lags behind a close that arrived while the loop was busy.
@@ -139,6 +148,13 @@ thread_local! {
     static IDLE: RefCell<HashMap<String, Vec<Idle>>> = RefCell::new(HashMap::new());
 }
 
+/// An idle connection released this recently, which the event loop has seen nothing arrive on,
+/// is reused without asking the socket (`Conn::still_open`'s system call): no backend closes a
+/// kept-alive connection this soon after answering on it (their idle timeouts are seconds), so
+/// the peek is kept for connections idle long enough for that to happen. A backend that dies
+/// meanwhile can close either kind just after the check; the peek never covered that.
+const FRESH: Duration = Duration::from_millis(250);
+
 /// The most recently used idle connection to `addr` that can still take a request.
 fn checkout(addr: &str) -> Option<Conn> {
     IDLE.with(|idle| {
@@ -146,7 +162,8 @@ fn checkout(addr: &str) -> Option<Conn> {
         let list = idle.get_mut(addr)?;
         let now = Instant::now();
         while let Some(i) = list.pop() {
-            if now.duration_since(i.since) < IDLE_TIMEOUT && i.conn.still_open() {
+            let age = now.duration_since(i.since);
+            if age < FRESH && i.conn.quiet() || age < IDLE_TIMEOUT && i.conn.still_open() {
                 return Some(i.conn);
             }
         }
@@ -384,6 +401,37 @@ impl Drop for Body {
     }
 }
 
+/// Reads more of a body into its connection's buffer: `Ok(true)` to go on, `Ok(false)` at a
+/// clean end (no connection, or the close that ends a body read `until_close`), `Err` when the
+/// backend broke off. The connection is dropped at any end.
+fn poll_more(
+    slot: &mut Option<Conn>,
+    until_close: bool,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<bool>> {
+    let Some(conn) = slot.as_mut() else {
+        return Poll::Ready(Ok(false));
+    };
+    Poll::Ready(match ready!(conn.poll_fill(cx)) {
+        Ok(0) => {
+            *slot = None;
+            if until_close {
+                Ok(false)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the backend closed the connection before the end of the body",
+                ))
+            }
+        }
+        Ok(_) => Ok(true),
+        Err(e) => {
+            *slot = None;
+            Err(e)
+        }
+    })
+}
+
 impl hyper::body::Body for Body {
     type Data = Bytes;
     type Error = io::Error;
@@ -407,25 +455,11 @@ impl hyper::body::Body for Body {
             if let Some(d) = data {
                 return Poll::Ready(Some(Ok(Frame::data(d))));
             }
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) => {
-                    this.conn = None;
-                    if matches!(this.framing, Framing::Eof) {
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the backend closed the connection before the end of the body",
-                    ))));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
+            let until_close = matches!(this.framing, Framing::Eof);
+            match ready!(poll_more(&mut this.conn, until_close, cx)) {
+                Ok(true) => {}
+                Ok(false) => return Poll::Ready(None),
+                Err(e) => return Poll::Ready(Some(Err(e))),
             }
         }
     }

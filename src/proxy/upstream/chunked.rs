@@ -145,3 +145,142 @@ fn chunk_size(line: &[u8]) -> io::Result<u64> {
     }
     Ok(n)
 }
+
+/// Following a chunked body that is passed on as it came (the front door's model requests,
+/// `http::lane`): the bytes are not rewritten, only read to know which of them are data (for
+/// the token tap) and where the body ends (the bytes after it are not the client's).
+///
+/// Stricter than `Chunked`, because the client parses these very bytes: lines end in CRLF
+/// exactly, a size is hex digits and nothing else before an optional `;extension`, and no
+/// control byte but HTAB appears in an extension or a trailer. Whatever is not that is an error,
+/// and the response is cut off there.
+#[derive(Default)]
+pub struct Pass {
+    state: PassState,
+    /// Bytes of the current control line, and of all trailers.
+    line: usize,
+    trailer_bytes: usize,
+}
+
+#[derive(Default, PartialEq, Debug, Clone, Copy)]
+enum PassState {
+    /// In a chunk-size line: the size so far and its digit count, or in its extension.
+    #[default]
+    SizeStart,
+    Size(u64, u8),
+    Ext(u64),
+    /// The LF of a line whose CR came; what follows it.
+    Lf(After),
+    Data(u64),
+    /// The CR after a chunk's data.
+    DataCr,
+    /// At the start of a trailer line (or the final empty line), inside one.
+    TrailerStart,
+    Trailer,
+    Done,
+}
+
+#[derive(PartialEq, Debug, Clone, Copy)]
+enum After {
+    Data(u64),
+    Size,
+    Trailers,
+    Done,
+}
+
+impl Pass {
+    pub(crate) fn is_done(&self) -> bool {
+        self.state == PassState::Done
+    }
+
+    /// Reads `buf` from its start: returns how many of its bytes belong to the body (all of
+    /// them unless it ends in there), and calls `data` with the range of each piece of data
+    /// among them, in order.
+    pub(crate) fn pass(
+        &mut self,
+        buf: &[u8],
+        mut data: impl FnMut(std::ops::Range<usize>),
+    ) -> io::Result<usize> {
+        let mut i = 0;
+        while i < buf.len() {
+            if let PassState::Data(rem) = self.state {
+                let n = (buf.len() - i).min(usize::try_from(rem).unwrap_or(usize::MAX));
+                data(i..i + n);
+                i += n;
+                self.state = match rem - n as u64 {
+                    0 => PassState::DataCr,
+                    r => PassState::Data(r),
+                };
+                continue;
+            }
+            if self.state == PassState::Done {
+                break;
+            }
+            let b = buf[i];
+            i += 1;
+            self.line += 1;
+            if self.line > MAX_CHUNK_LINE && !self.in_trailers() {
+                return Err(bad("line too long"));
+            }
+            self.state = match (self.state, b) {
+                (PassState::SizeStart, _) => match hex(b) {
+                    Some(d) => PassState::Size(d, 1),
+                    None => return Err(bad("bad chunk size")),
+                },
+                (PassState::Size(n, digits), _) => match hex(b) {
+                    Some(_) if digits >= 16 => return Err(bad("bad chunk size")),
+                    Some(d) => PassState::Size((n << 4) | d, digits + 1),
+                    None if b == b';' => PassState::Ext(n),
+                    None if b == b'\r' => PassState::Lf(size_done(n)),
+                    None => return Err(bad("bad chunk size")),
+                },
+                (PassState::Ext(n), b'\r') => PassState::Lf(size_done(n)),
+                (PassState::Ext(n), _) if text(b) => PassState::Ext(n),
+                (PassState::Lf(next), b'\n') => {
+                    self.line = 0;
+                    match next {
+                        After::Data(n) => PassState::Data(n),
+                        After::Size => PassState::SizeStart,
+                        After::Trailers => PassState::TrailerStart,
+                        After::Done => PassState::Done,
+                    }
+                }
+                (PassState::DataCr, b'\r') => PassState::Lf(After::Size),
+                (PassState::TrailerStart, b'\r') => PassState::Lf(After::Done),
+                (PassState::Trailer, b'\r') => PassState::Lf(After::Trailers),
+                (PassState::TrailerStart | PassState::Trailer, _) if text(b) => {
+                    self.trailer_bytes += 1;
+                    if self.trailer_bytes > MAX_TRAILERS {
+                        return Err(bad("trailers too large"));
+                    }
+                    PassState::Trailer
+                }
+                _ => return Err(bad("malformed framing")),
+            };
+        }
+        Ok(i)
+    }
+
+    fn in_trailers(&self) -> bool {
+        matches!(
+            self.state,
+            PassState::TrailerStart | PassState::Trailer | PassState::Lf(After::Trailers)
+        )
+    }
+}
+
+fn size_done(n: u64) -> After {
+    match n {
+        0 => After::Trailers,
+        n => After::Data(n),
+    }
+}
+
+fn hex(b: u8) -> Option<u64> {
+    (b as char).to_digit(16).map(u64::from)
+}
+
+/// A byte a client reads as part of a line: visible, space, HTAB, or obs-text.
+fn text(b: u8) -> bool {
+    b == b'\t' || (b >= b' ' && b != 0x7f)
+}
