@@ -114,9 +114,8 @@ impl Service<Request> for App {
                     }
                     Err(answer) => *answer,
                 };
-            observe::record(
+            observe::record_model(
                 &state,
-                "POST",
                 route,
                 res.status().as_u16(),
                 start.elapsed().as_secs_f64(),

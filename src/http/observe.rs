@@ -85,6 +85,31 @@ fn server_span(
     telemetry::OpSpan::server(name, req.headers(), attrs)
 }
 
+/// `record` for a model request (`app.rs`, `lane`): its series looked up once per status.
+pub fn record_model(
+    state: &AppState,
+    route: &'static str,
+    status: u16,
+    secs: f64,
+    request_id: Option<&HeaderValue>,
+) {
+    state
+        .metrics
+        .observe_model_request("POST", route, status, secs);
+    log(route, "POST", status, secs, request_id);
+}
+
+fn log(route: &str, method: &str, status: u16, secs: f64, request_id: Option<&HeaderValue>) {
+    tracing::debug!(
+        method,
+        route,
+        status,
+        duration_ms = secs * 1000.0,
+        request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or(""),
+        "request"
+    );
+}
+
 /// Counts one request in the API metrics and logs it at debug level.
 pub fn record(
     state: &AppState,
@@ -95,12 +120,5 @@ pub fn record(
     request_id: Option<&HeaderValue>,
 ) {
     state.metrics.observe_request(method, route, status, secs);
-    tracing::debug!(
-        method,
-        route,
-        status,
-        duration_ms = secs * 1000.0,
-        request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or(""),
-        "request"
-    );
+    log(route, method, status, secs, request_id);
 }

@@ -174,3 +174,29 @@ pub(crate) fn promtool_check(text: &str) {
         output.status
     );
 }
+
+/// The model front doors' kept series are the family's own: counted either way, a label set is
+/// one series with one count, and a bad duration counts as zero.
+#[test]
+fn model_requests_counted_through_kept_series_are_the_same_series() {
+    let metrics = Metrics::new(fixture_paths("v2"));
+    metrics.observe_model_request("POST", "/v1/{*rest}", 200, 0.25);
+    metrics.observe_model_request("POST", "/v1/{*rest}", 200, f64::NAN);
+    metrics.observe_request("POST", "/v1/{*rest}", 200, 0.25);
+    metrics.observe_model_request("POST", "/v1/{*rest}", 503, 0.001);
+    let text = metrics.encode(Format::Prometheus).expect("encode");
+    let line = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+            .to_string()
+    };
+    let ok = r#"llamactl_api_requests_total{method="POST",route="/v1/{*rest}",status="200"}"#;
+    let busy = r#"llamactl_api_requests_total{method="POST",route="/v1/{*rest}",status="503"}"#;
+    assert_eq!(line(ok), "3");
+    assert_eq!(line(busy), "1");
+    let sum = r#"llamactl_api_request_duration_seconds_sum{method="POST",route="/v1/{*rest}"}"#;
+    let count = r#"llamactl_api_request_duration_seconds_count{method="POST",route="/v1/{*rest}"}"#;
+    assert_eq!(line(count), "4");
+    assert!((line(sum).parse::<f64>().expect("a sum") - 0.501).abs() < 1e-9);
+}

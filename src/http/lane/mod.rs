@@ -260,7 +260,7 @@ impl Done<'_> {
     /// Counts the request in the API metrics, as `app.rs` does for hyper's.
     fn record(&self, status: u16) {
         let secs = self.started.elapsed().as_secs_f64();
-        observe::record(self.state, "POST", self.route, status, secs, Some(self.id));
+        observe::record_model(self.state, self.route, status, secs, Some(self.id));
     }
 
     /// Answers with llamactld's own `res` (a refusal, an error).
