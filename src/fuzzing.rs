@@ -12,7 +12,7 @@ use crate::http::lane::head::{self as lane, Parse};
 use crate::instance::logs;
 use crate::instance::spec::{self, DesiredState, InstanceOptions, InstanceSpec};
 use crate::proxy::tokens::{SseScanner, Usage};
-use crate::proxy::upstream::chunked::{Chunked, Pass};
+use crate::proxy::upstream::chunked::{pass_in_pieces as pass, Chunked};
 use crate::proxy::upstream::head::{parse_head, Framing};
 use crate::stats::{cgroup, system};
 use bytes::BytesMut;
@@ -274,24 +274,6 @@ pub fn lane_head(data: &[u8]) {
         Some(req.content_length)
     );
     assert!(!req.headers.contains_key("transfer-encoding"));
-}
-
-/// What passing `body` on as it came (`Pass`, `read` bytes at a time) finds: the data, whether
-/// the body ended, and how many bytes it was. It never takes more bytes than it was given.
-fn pass(body: &[u8], read: usize) -> Result<(Vec<u8>, bool, usize), String> {
-    let (mut p, mut out, mut used) = (Pass::default(), Vec::new(), 0);
-    for piece in body.chunks(read) {
-        let n = p
-            .pass(piece, |r| out.extend_from_slice(&piece[r]))
-            .map_err(|e| e.to_string())?;
-        assert!(n <= piece.len());
-        used += n;
-        if p.is_done() {
-            break;
-        }
-        assert_eq!(n, piece.len(), "stopped inside a body it had not finished");
-    }
-    Ok((out, p.is_done(), used))
 }
 
 /// Decodes `body` arriving `read` bytes at a time: the data and whether the body ended.

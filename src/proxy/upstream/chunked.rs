@@ -247,12 +247,13 @@ impl Pass {
                 }
                 (PassState::DataCr, b'\r') => PassState::Lf(After::Size),
                 (PassState::TrailerStart, b'\r') => PassState::Lf(After::Done),
-                (PassState::Trailer, b'\r') => PassState::Lf(After::Trailers),
+                // A trailer line's bytes count with its CR: never more lenient than `Chunked`.
+                (PassState::Trailer, b'\r') => {
+                    self.count_trailer()?;
+                    PassState::Lf(After::Trailers)
+                }
                 (PassState::TrailerStart | PassState::Trailer, _) if text(b) => {
-                    self.trailer_bytes += 1;
-                    if self.trailer_bytes > MAX_TRAILERS {
-                        return Err(bad("trailers too large"));
-                    }
+                    self.count_trailer()?;
                     PassState::Trailer
                 }
                 _ => return Err(bad("malformed framing")),
@@ -261,12 +262,39 @@ impl Pass {
         Ok(i)
     }
 
+    fn count_trailer(&mut self) -> io::Result<()> {
+        self.trailer_bytes += 1;
+        if self.trailer_bytes > MAX_TRAILERS {
+            return Err(bad("trailers too large"));
+        }
+        Ok(())
+    }
+
     fn in_trailers(&self) -> bool {
         matches!(
             self.state,
             PassState::TrailerStart | PassState::Trailer | PassState::Lf(After::Trailers)
         )
     }
+}
+
+/// Passes `body` arriving `read` bytes at a time (for the fuzz target and the tests): the data,
+/// whether the body ended, and how many of its bytes it was. Panics if `Pass` ever claims more
+/// bytes than it was given, or stops short inside a body it has not finished.
+pub fn pass_in_pieces(body: &[u8], read: usize) -> Result<(Vec<u8>, bool, usize), String> {
+    let (mut p, mut out, mut used) = (Pass::default(), Vec::new(), 0);
+    for piece in body.chunks(read.max(1)) {
+        let n = p
+            .pass(piece, |r| out.extend_from_slice(&piece[r]))
+            .map_err(|e| e.to_string())?;
+        assert!(n <= piece.len());
+        used += n;
+        if p.is_done() {
+            break;
+        }
+        assert_eq!(n, piece.len(), "stopped inside a body it had not finished");
+    }
+    Ok((out, p.is_done(), used))
 }
 
 fn size_done(n: u64) -> After {
@@ -284,3 +312,6 @@ fn hex(b: u8) -> Option<u64> {
 fn text(b: u8) -> bool {
     b == b'\t' || (b >= b' ' && b != 0x7f)
 }
+
+#[cfg(test)]
+mod tests;
