@@ -213,6 +213,14 @@ mod tests {
         }
     }
 
+    /// Empty lines before the request line are skipped, as RFC 9112 2.2 allows (found by the
+    /// fuzzer, fuzz/artifacts/lane_head/): the head taken includes them.
+    #[test]
+    fn empty_lines_before_a_request_are_part_of_its_head() {
+        let h = format!("\r\n\n{OK}");
+        assert_eq!(lane(h.as_bytes(), h.len()).content_length, 2);
+    }
+
     #[test]
     fn close_continue_and_infill_are_the_lanes_too() {
         let h = "POST /infill?x=1 HTTP/1.1\r\nConnection: Keep-Alive, close\r\nExpect: 100-Continue\r\nContent-Length: 0\r\n\r\n";
