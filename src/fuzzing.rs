@@ -258,7 +258,7 @@ pub fn lane_head(data: &[u8]) {
         return;
     };
     let len = taken.len;
-    assert!(len <= data.len() && len <= lane::MAX_HEAD + 4096);
+    assert!(len <= data.len() && len <= lane::MAX_HEAD);
     let head = bytes::Bytes::copy_from_slice(&data[..len]);
     let Some(req) = lane::build(&head, taken) else {
         return;

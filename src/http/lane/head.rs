@@ -65,7 +65,7 @@ pub fn classify(buf: &[u8]) -> Parse {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut raw);
     let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Parse::Partial,
         _ => return Parse::Handoff,
     };
@@ -274,6 +274,11 @@ mod tests {
         assert!(
             matches!(classify(huge.as_bytes()), Parse::Handoff),
             "an endless head"
+        );
+        let whole = format!("{huge}\r\nContent-Length: 0\r\n\r\n");
+        assert!(
+            matches!(classify(whole.as_bytes()), Parse::Handoff),
+            "a head over the limit that came whole"
         );
     }
 }
