@@ -14,9 +14,12 @@
 //! credentials are read from the kernel at accept, and travel with the connection as its
 //! [`Peer`], from which every request on it is authorised.
 //!
+//! Each connection is served by the lane (`lane`: model requests without hyper) until its first
+//! other request, which hands it to hyper (`serve_hyper`).
+//!
 //! Limits (`[server]`): a connection must send each request head within `header_timeout`
-//! (hyper's header read timeout, which also runs while a kept-alive connection waits for its
-//! next request), and at most `max_connections` TCP connections are open at once — the
+//! (the lane's timer, then hyper's header read timeout; both also run while a kept-alive
+//! connection waits for its next request), and at most `max_connections` TCP connections are open at once — the
 //! acceptor answers the next ones 503 and closes them, so a flood costs a few syscalls each and
 //! never reaches a worker. Both are counted in `metrics::http`.
 
