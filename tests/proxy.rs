@@ -151,7 +151,11 @@ fn real_llama_server_behind_the_proxy() {
     write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut buf = [0u8; 512];
     let n = s.read(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+    let first = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        first.contains("200 OK"),
+        "the stream's first read: {first:?}"
+    );
     let busy = |v: &Value| {
         v.as_array()
             .is_some_and(|a| a.iter().any(|x| x["is_processing"] == true))
